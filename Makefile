@@ -1,0 +1,35 @@
+# Every target sets up .venv first, so a fresh clone needs only `make run` and `make test`.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Keep Ray on loopback and quiet, in every process these targets start.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_USAGE_STATS_ENABLED := 0
+CONFIG ?= configs/default.yaml
+
+.PHONY: venv run test test-fast bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU wheel of torch is on disk here; plain `torch` would pull a 5 GB CUDA build.
+	$(PY) -m pip install -q "torch==2.13.0" || $(PY) -m pip install -q torch
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+run: venv
+	$(PY) -m pipeline run --config $(CONFIG)
+
+test: venv
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+bench: venv
+	$(PY) bench/run.py
+
+clean:
+	rm -rf outputs mlruns mlartifacts mlflow.db ray_results

@@ -1,0 +1,1 @@
+"""Imbalance-aware data preparation and reading."""

@@ -1,0 +1,33 @@
+"""Typed config of the data component."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from components.config_base import Section
+
+
+class DataConfig(Section):
+    """How to turn an image source into validated Parquet shards, and how to read them back."""
+
+    source: Literal["digits"] = Field("digits", description="Image source; `digits` is sklearn's bundled set.")
+    path: str | None = Field(None, description="Local path of the source, for file-based sources.")
+    resolution: Literal[32, 64] = Field(32, description="Square output size in pixels.")
+    channels: Literal[1, 3] = Field(1, description="Output channels: 1 (gray) or 3 (RGB).")
+    imbalance_ratio: float = Field(1.0, ge=1.0, description="Long-tail rho: n_c = n_max * rho^(-c/(C-1)); 1 keeps all.")
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.5, description="Share of each class held out for validation.")
+    test_fraction: float = Field(0.15, ge=0.0, lt=0.5, description="Share of each class held out for test.")
+    seed: int = Field(0, description="Seed of long-tail subsampling and splitting.")
+    rebalance: Literal["none", "resample", "reweight", "sqrt"] = Field(
+        "resample", description="How training batches counter class imbalance.")
+    weight_scheme: Literal["inverse", "sqrt", "effective"] = Field(
+        "effective", description="Class weights used by `reweight`.")
+    effective_beta: float = Field(0.999, gt=0.0, lt=1.0, description="Beta of the effective number of samples.")
+    rows_per_shard: int = Field(4096, gt=0, description="Rows per Parquet file.")
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> "DataConfig":
+        if self.val_fraction + self.test_fraction >= 0.8:
+            raise ValueError("val_fraction: val_fraction + test_fraction must be < 0.8 to leave training data")
+        return self

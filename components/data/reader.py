@@ -1,0 +1,85 @@
+"""Read prepared shards back as torch tensors, and draw rebalanced training batches."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from components.data.shards import read_manifest
+from components.data.transforms import to_unit_range
+
+
+@dataclass
+class SplitTensors:
+    """One split in memory: images uint8 (N, C, H, W), labels int64 (N,)."""
+
+    images_u8: torch.Tensor
+    labels: torch.Tensor
+
+    def images_float(self) -> torch.Tensor:
+        """Images in [-1, 1], float32 (N, C, H, W)."""
+        return to_unit_range(self.images_u8.float())
+
+
+def load_split(data_dir: str | Path, split: str) -> SplitTensors:
+    """Load every shard of `split` listed in the manifest."""
+    manifest = read_manifest(data_dir)
+    h, w, c = manifest["image_shape_hwc"]
+    tables = [pq.read_table(Path(data_dir) / f, columns=["image", "label"]) for f in manifest["files"][split]]
+    images, labels = [], []
+    for t in tables:
+        flat = t.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        images.append(flat.reshape(t.num_rows, h, w, c))
+        labels.append(t.column("label").to_numpy())
+    images_nhwc = np.concatenate(images)
+    return SplitTensors(
+        images_u8=torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))),
+        labels=torch.from_numpy(np.concatenate(labels).astype(np.int64)),
+    )
+
+
+def sampling_probs(labels: torch.Tensor, n_classes: int, strategy: str) -> torch.Tensor:
+    """Per-sample draw probabilities giving class shares: data (none/reweight), uniform (resample), sqrt."""
+    counts = torch.bincount(labels, minlength=n_classes).double().clamp_min(1)
+    if strategy in ("none", "reweight"):
+        per_class = counts
+    elif strategy == "resample":
+        per_class = torch.ones_like(counts)
+    elif strategy == "sqrt":
+        per_class = counts.sqrt()
+    else:
+        raise ValueError(f"unknown rebalance strategy {strategy!r}")
+    share = per_class / per_class.sum()
+    probs = share[labels] / counts[labels]
+    return (probs / probs.sum()).float()
+
+
+class BatchSampler:
+    """Infinite stream of (image, label, weight) batches drawn with replacement from one split.
+
+    Each rank gets its own generator seeded `seed * world + rank`, so ranks see different samples and
+    the stream is reproducible; `state_dict` lets a checkpoint resume it exactly.
+    """
+
+    def __init__(self, data: SplitTensors, n_classes: int, strategy: str, class_weights: list[float] | None,
+                 batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.data = data
+        self.batch_size = batch_size
+        self.probs = sampling_probs(data.labels, n_classes, strategy)
+        weights = torch.tensor(class_weights, dtype=torch.float32) if strategy == "reweight" else None
+        self.sample_weights = weights[data.labels] if weights is not None else torch.ones(len(data.labels))
+        self.generator = torch.Generator().manual_seed(seed * world + rank)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, C, H, W) in [-1, 1], y (B,), w (B,)."""
+        idx = torch.multinomial(self.probs, self.batch_size, replacement=True, generator=self.generator)
+        return to_unit_range(self.data.images_u8[idx].float()), self.data.labels[idx], self.sample_weights[idx]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

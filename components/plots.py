@@ -1,0 +1,79 @@
+"""Pictures people would rather look at than read: sample grids, class histograms, curves."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def image_grid(images_nchw: torch.Tensor, nrow: int, scale: int = 2, pad: int = 2) -> Image.Image:
+    """Tile images in [-1, 1] into one PIL image, `nrow` images per row."""
+    x = ((images_nchw.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    n, c, h, w = x.shape
+    rows = (n + nrow - 1) // nrow
+    canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, np.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        canvas[top:top + h, left:left + w] = x[i].transpose(1, 2, 0)
+    img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+
+
+@torch.no_grad()
+def class_sample_grid(G: torch.nn.Module, num_classes: int, z_fixed: torch.Tensor) -> Image.Image:
+    """One row per class, one column per fixed noise vector: G.generate(z, y) in eval mode."""
+    per_class = len(z_fixed)
+    y = torch.arange(num_classes).repeat_interleave(per_class).to(z_fixed.device)
+    z = z_fixed.repeat(num_classes, 1)
+    was_training = G.training
+    G.eval()
+    images = G.generate(z, y)
+    G.train(was_training)
+    return image_grid(images, per_class)
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    """Encode a PIL image as PNG bytes."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def bar_chart(values_by_group: dict[str, list[float]], labels: list[str], title: str, ylabel: str):
+    """Grouped bar chart (matplotlib Figure), e.g. class counts per split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    width = 0.8 / max(len(values_by_group), 1)
+    xs = np.arange(len(labels))
+    for i, (group, vals) in enumerate(values_by_group.items()):
+        ax.bar(xs + i * width, vals, width, label=group)
+    ax.set_xticks(xs + width * (len(values_by_group) - 1) / 2, labels)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def line_chart(series: dict[str, list[float]], title: str, xlabel: str, x: list[float] | None = None):
+    """Line chart (matplotlib Figure) of several series against step or x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for name, ys in series.items():
+        ax.plot(x if x is not None else range(1, len(ys) + 1), ys, label=name, lw=1)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,79 @@
+"""Checkpoints as plain tensors and containers: saved with torch.save, loaded with weights_only=True.
+
+A checkpoint never needs arbitrary pickles, so a file that contains one is refused, not executed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from components.errors import UserError
+from components.training.state import GanState
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def _bare(module: torch.nn.Module) -> torch.nn.Module:
+    return getattr(module, "module", module)
+
+
+def state_to_dict(state: GanState, resolved_config: dict) -> dict:
+    """Everything needed to resume bit-identically, plus the resolved config as JSON text."""
+    return {
+        "G": _bare(state.G).state_dict(),
+        "D": _bare(state.D).state_dict(),
+        "G_ema": state.G_ema.state_dict(),
+        "opt_g": state.opt_g.state_dict(),
+        "opt_d": state.opt_d.state_dict(),
+        "step": state.step,
+        "diverged": state.diverged,
+        "rng": {"torch": torch.get_rng_state(), "noise": state.noise.get_state(),
+                "sampler": state.sampler.generator.get_state()},
+        "trace": {k: torch.tensor(v, dtype=torch.float64) for k, v in state.trace.items()},
+        "config_json": json.dumps(resolved_config, sort_keys=True),
+    }
+
+
+def save_checkpoint(state: GanState, directory: str | Path, resolved_config: dict) -> Path:
+    """Write `directory/checkpoint.pt` atomically (temp file, then os.replace)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    os.close(fd)
+    torch.save(state_to_dict(state, resolved_config), tmp)
+    os.replace(tmp, directory / CHECKPOINT_FILE)
+    return directory / CHECKPOINT_FILE
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint file (or the one inside a directory) safely; UserError if unsafe or unreadable."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError for disallowed globals, RuntimeError for corrupt zips
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"refusing checkpoint {path}: not a plain-tensor checkpoint ({first[:160]}); "
+                        "re-save it with save_checkpoint or use a trusted file") from None
+
+
+def restore_state(state: GanState, ckpt: dict) -> None:
+    """Load weights, optimisers, RNG streams and trace into an already-built state."""
+    _bare(state.G).load_state_dict(ckpt["G"])
+    _bare(state.D).load_state_dict(ckpt["D"])
+    state.G_ema.load_state_dict(ckpt["G_ema"])
+    state.opt_g.load_state_dict(ckpt["opt_g"])
+    state.opt_d.load_state_dict(ckpt["opt_d"])
+    state.step = int(ckpt["step"])
+    state.diverged = bool(ckpt["diverged"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    state.noise.set_state(ckpt["rng"]["noise"])
+    state.sampler.generator.set_state(ckpt["rng"]["sampler"])
+    state.trace = {k: v.tolist() for k, v in ckpt["trace"].items()}

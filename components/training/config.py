@@ -1,0 +1,41 @@
+"""Typed config of the training schedule."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from components.config_base import Section
+
+
+class TrainConfig(Section):
+    """Schedule, optimisers and distribution of one training run."""
+
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP ranks).")
+    use_gpu: bool = Field(False, description="Put each worker on a GPU (NCCL); false means CPU and gloo.")
+    threads_per_worker: int = Field(1, ge=1, description="torch intra-op threads per worker.")
+    steps: int = Field(1000, ge=1, description="Optimisation steps (one D step + one G step each).")
+    batch_size: int = Field(64, ge=1, description="Global batch, split evenly across workers.")
+    lr_g: float = Field(2e-4, gt=0.0, description="Generator learning rate (TTUR: may differ from lr_d).")
+    lr_d: float = Field(2e-4, gt=0.0, description="Discriminator learning rate.")
+    betas_g: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of G.")
+    betas_d: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of D.")
+    weight_decay: float = Field(0.0, ge=0.0, description="Decoupled (AdamW) weight decay on both networks.")
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="EMA of G's weights; 0 disables averaging.")
+    grad_clip: float | None = Field(None, gt=0.0, description="Clip each network's gradient norm to this.")
+    target_labels: Literal["uniform", "data"] = Field(
+        "uniform", description="Class distribution of the labels G is asked to generate.")
+    report_every: int = Field(50, ge=1, description="Steps between metric reports.")
+    checkpoint_every: int = Field(500, ge=1, description="Steps between checkpoints.")
+    sample_grid_every: int = Field(500, ge=1, description="Steps between sample-grid PNGs sent to MLflow.")
+    max_failures: int = Field(1, ge=0, description="Worker-group restarts after a crash.")
+    divergence_bound: float = Field(1e4, gt=0.0, description="A loss above this counts as divergence.")
+    seed: int = Field(0, description="Base seed; rank r uses seed * world + r.")
+
+    @model_validator(mode="after")
+    def _batch_splits_across_workers(self) -> "TrainConfig":
+        if self.batch_size < self.num_workers:
+            raise ValueError(f"batch_size: {self.batch_size} must be >= num_workers ({self.num_workers}); raise train.batch_size or lower train.num_workers")
+        if self.batch_size % self.num_workers:
+            raise ValueError(f"batch_size: {self.batch_size} must be divisible by num_workers ({self.num_workers}); raise train.batch_size or lower train.num_workers")
+        return self

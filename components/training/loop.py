@@ -1,0 +1,115 @@
+"""train_steps: the schedule of D and G steps, EMA, divergence checks and reporting. No Ray, no MLflow."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from components.losses import Batch, GANLoss
+from components.training.config import TrainConfig
+from components.training.state import GanState
+
+ReportFn = Callable[[GanState, dict[str, float]], None]
+
+
+def _grad_norm(module: torch.nn.Module, clip: float | None) -> float:
+    params = [p for p in module.parameters() if p.grad is not None]
+    if clip is not None:
+        return float(torch.nn.utils.clip_grad_norm_(params, clip))
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
+
+
+@contextlib.contextmanager
+def _frozen_and_unsynced(D: torch.nn.Module):
+    """During the G step: no grads for D's weights, and no DDP all-reduce of D (its grads are discarded)."""
+    D.requires_grad_(False)
+    try:
+        with (D.no_sync() if hasattr(D, "no_sync") else contextlib.nullcontext()):
+            yield
+    finally:
+        D.requires_grad_(True)
+
+
+def next_batch(state: GanState) -> Batch:
+    """Real batch from the sampler, plus noise and target labels from the run's own generator."""
+    x, y, w = state.sampler.next_batch()
+    z = torch.randn(len(x), state.G_ema.z_dim, generator=state.noise)
+    y_fake = torch.multinomial(state.label_probs, len(x), replacement=True, generator=state.noise)
+    return Batch(*(t.to(state.device, non_blocking=True) for t in (x, y, w, z, y_fake)))
+
+
+@torch.no_grad()
+def update_ema(G_ema: torch.nn.Module, G: torch.nn.Module, decay: float) -> None:
+    """G_ema <- decay * G_ema + (1 - decay) * G; buffers (BN statistics) are copied."""
+    src = getattr(G, "module", G)
+    for p_ema, p in zip(G_ema.parameters(), src.parameters()):
+        p_ema.lerp_(p, 1.0 - decay)
+    for b_ema, b in zip(G_ema.buffers(), src.buffers()):
+        b_ema.copy_(b)
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
+    if _world() == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return dict(zip(keys, (t / _world()).tolist()))
+
+
+def one_step(state: GanState, loss: GANLoss, cfg: TrainConfig) -> dict[str, float]:
+    """One D step then one G step; returns this rank's scalar statistics."""
+    batch = next_batch(state)
+    state.opt_d.zero_grad(set_to_none=True)
+    d_loss, d_stats = loss.d_loss(state.G, state.D, batch)
+    d_loss.backward()
+    gn_d = _grad_norm(state.D, cfg.grad_clip)
+    state.opt_d.step()
+
+    state.opt_g.zero_grad(set_to_none=True)
+    with _frozen_and_unsynced(state.D):
+        g_loss, g_stats = loss.g_loss(state.G, state.D, batch)
+        g_loss.backward()
+    gn_g = _grad_norm(state.G, cfg.grad_clip)
+    state.opt_g.step()
+    # Ramp the EMA decay so early averages are not dominated by the random initialisation.
+    update_ema(state.G_ema, state.G, min(cfg.ema_decay, (1 + state.step) / (10 + state.step)))
+    stats = {k: float(v) for k, v in {**d_stats, **g_stats}.items()}
+    return {**stats, "grad_norm_d": gn_d, "grad_norm_g": gn_g}
+
+
+def _is_divergent(stats: dict[str, float], bound: float) -> bool:
+    return any(not math.isfinite(v) for v in stats.values()) or max(abs(stats["d_loss"]), abs(stats["g_loss"])) > bound
+
+
+def train_steps(state: GanState, loss: GANLoss, cfg: TrainConfig, until_step: int,
+                on_report: ReportFn | None = None) -> GanState:
+    """Run steps until `state.step == until_step` (or divergence), reporting every `cfg.report_every`."""
+    window: dict[str, list[float]] = {}
+    t0, images = time.perf_counter(), 0
+    while state.step < until_step and not state.diverged:
+        stats = one_step(state, loss, cfg)
+        state.step += 1
+        images += cfg.batch_size
+        for k, v in stats.items():
+            state.trace.setdefault(k, []).append(v)
+            window.setdefault(k, []).append(v)
+        state.diverged = _is_divergent(stats, cfg.divergence_bound)
+        if state.step % cfg.report_every == 0 or state.step == until_step or state.diverged:
+            # Section: reporting (all ranks join the all-reduce, then the caller's hook).
+            elapsed = time.perf_counter() - t0
+            means = _mean_across_ranks({k: sum(v) / len(v) for k, v in window.items()})
+            means.update(lr_g=state.opt_g.param_groups[0]["lr"], lr_d=state.opt_d.param_groups[0]["lr"],
+                         images_per_s=images / max(elapsed, 1e-9), step=state.step, diverged=float(state.diverged))
+            if on_report is not None:
+                on_report(state, means)
+            window, t0, images = {}, time.perf_counter(), 0
+    return state

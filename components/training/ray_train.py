@@ -1,0 +1,100 @@
+"""The Ray Train edge: `train_loop_per_worker` wraps the pure loop in DDP, reports and checkpoints."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from components.data.reader import load_split
+from components.data.shards import read_manifest
+from components.losses import GANLoss, LossConfig
+from components.models import ModelConfig
+from components.plots import class_sample_grid
+from components.training.checkpoint import load_checkpoint, restore_state, save_checkpoint
+from components.training.config import TrainConfig
+from components.training.loop import train_steps
+from components.training.mlflow_logger import MlflowRunLogger
+from components.training.state import apply_hyperparameters, make_state
+
+
+def build_worker_state(loop_config: dict, rank: int, world: int, wrap=lambda m: m, device=torch.device("cpu")):
+    """Configs, data and GanState for one rank, from the plain-dict loop config."""
+    model_cfg = ModelConfig(**loop_config["model"])
+    train_cfg = TrainConfig(**loop_config["train"])
+    manifest = read_manifest(loop_config["data_dir"])
+    data = load_split(loop_config["data_dir"], "train")
+    rebalance = loop_config["rebalance"]
+    weights = manifest["train_statistics"]["weights"][loop_config["weight_scheme"]]
+    state = make_state(model_cfg, train_cfg, data, manifest["num_classes"], rebalance, weights, rank, world,
+                       wrap=wrap, device=device)
+    return state, train_cfg, GANLoss(LossConfig(**loop_config["loss"]))
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train entry: DDP G and D, resume from the latest checkpoint, report every interval."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(loop_config["train"].get("threads_per_worker", 1))
+    device = ray.train.torch.get_device()
+    use_cuda = device.type == "cuda"
+
+    def wrap(module: torch.nn.Module) -> torch.nn.Module:
+        if use_cuda and world > 1:  # SyncBatchNorm only runs on accelerators; CPU DDP keeps per-rank BN.
+            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        return ray.train.torch.prepare_model(module) if world > 1 else module.to(device)
+
+    state, cfg, loss = build_worker_state(loop_config, rank, world, wrap, device)
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as d:
+            restore_state(state, load_checkpoint(d))
+        apply_hyperparameters(state, cfg.lr_g, cfg.lr_d)
+
+    mlflow_cfg = loop_config.get("mlflow")
+    logger = MlflowRunLogger(mlflow_cfg["tracking_uri"], mlflow_cfg["run_id"]) if rank == 0 and mlflow_cfg else None
+    z_fixed = torch.randn(8, state.G_ema.z_dim, generator=torch.Generator().manual_seed(1234)).to(device)
+    last_ckpt = [state.step]
+
+    def on_report(st, metrics: dict[str, float]) -> None:
+        final = st.step >= cfg.steps or st.diverged
+        due = final or st.step - last_ckpt[0] >= cfg.checkpoint_every
+        if logger is not None:
+            logger.log_metrics(metrics, st.step)
+            if final or st.step % cfg.sample_grid_every == 0:
+                logger.log_png(class_sample_grid(st.G_ema, st.num_classes, z_fixed),
+                               f"samples/step_{st.step:06d}.png")
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if due and rank == 0:
+                save_checkpoint(st, tmp, loop_config["resolved_config"])
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            if due:
+                last_ckpt[0] = st.step
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    train_steps(state, loss, cfg, cfg.steps, on_report)
+
+
+def run_torch_trainer(loop_config: dict, storage_path: Path, run_name: str):
+    """Launch `train_loop_per_worker` on a TorchTrainer; returns the Ray Train Result."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg = TrainConfig(**loop_config["train"])
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.threads_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(Path(storage_path).resolve()),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+        ),
+    )
+    return trainer.fit()

@@ -1,0 +1,62 @@
+"""Everything a GAN run carries between steps, and how to build it for one rank."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from components.data.reader import BatchSampler, SplitTensors
+from components.models import ModelConfig, build_models
+from components.training.config import TrainConfig
+
+
+@dataclass
+class GanState:
+    """Networks, optimisers, samplers and the per-step trace of one rank."""
+
+    G: nn.Module
+    D: nn.Module
+    G_ema: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    sampler: BatchSampler
+    noise: torch.Generator
+    num_classes: int
+    label_probs: torch.Tensor
+    device: torch.device = torch.device("cpu")
+    step: int = 0
+    diverged: bool = False
+    trace: dict[str, list[float]] = field(default_factory=dict)
+
+
+def make_state(model_cfg: ModelConfig, cfg: TrainConfig, data: SplitTensors, num_classes: int,
+               rebalance: str, class_weights: list[float] | None, rank: int = 0, world: int = 1,
+               wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
+               device: torch.device = torch.device("cpu")) -> GanState:
+    """Seed rank `rank`, build G, D, EMA-G and optimisers; `wrap` adds DDP at the Ray edge."""
+    seed = cfg.seed * world + rank
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    _, c, h, _ = data.images_u8.shape
+    G, D = build_models(model_cfg, c, h, num_classes)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False).to(device)
+    torch.manual_seed(seed)  # per-rank stream for reparameterisation noise
+    G, D = wrap(G), wrap(D)
+    opt_g = torch.optim.AdamW(G.parameters(), lr=cfg.lr_g, betas=cfg.betas_g, weight_decay=cfg.weight_decay)
+    opt_d = torch.optim.AdamW(D.parameters(), lr=cfg.lr_d, betas=cfg.betas_d, weight_decay=cfg.weight_decay)
+    per_rank = cfg.batch_size // world
+    sampler = BatchSampler(data, num_classes, rebalance, class_weights, per_rank, cfg.seed, rank, world)
+    counts = torch.bincount(data.labels, minlength=num_classes).float()
+    label_probs = torch.full((num_classes,), 1.0 / num_classes) if cfg.target_labels == "uniform" else counts / counts.sum()
+    noise = torch.Generator().manual_seed(seed + 7919)
+    return GanState(G, D, G_ema, opt_g, opt_d, sampler, noise, num_classes, label_probs, device)
+
+
+def apply_hyperparameters(state: GanState, lr_g: float, lr_d: float) -> None:
+    """Set optimiser learning rates; called after every restore so mutated values (PBT) win over saved ones."""
+    for group in state.opt_g.param_groups:
+        group["lr"] = lr_g
+    for group in state.opt_d.param_groups:
+        group["lr"] = lr_d
