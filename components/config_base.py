@@ -19,8 +19,8 @@ def describe_validation_error(err: ValidationError, prefix: str = "") -> str:
     msg = first["msg"].removeprefix("Value error, ")
     # Cross-field validators raise "field: message"; move the field into the dotted path.
     field, sep, rest = msg.partition(": ")
-    if not loc and sep and field.isidentifier():
-        loc, msg = [field], rest
+    if first["type"] == "value_error" and sep and field.isidentifier():
+        loc, msg = [*loc, field], rest
     path = ".".join([prefix, *loc] if prefix else loc)
     if first["type"] == "extra_forbidden":
         msg = "unknown key (check spelling; see configs/default.yaml for the valid keys)"

@@ -77,3 +77,27 @@ def line_chart(series: dict[str, list[float]], title: str, xlabel: str, x: list[
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def scatter_chart(x: list[float], y: list[float], title: str, xlabel: str, ylabel: str, logx: bool = False):
+    """Scatter plot (matplotlib Figure); non-finite y values are drawn at the top edge in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    finite = [v for v in y if np.isfinite(v)]
+    top = (max(finite) * 1.2 if finite else 1.0) or 1.0
+    ax.scatter([a for a, b in zip(x, y) if np.isfinite(b)], finite)
+    bad = [a for a, b in zip(x, y) if not np.isfinite(b)]
+    if bad:
+        ax.scatter(bad, [top] * len(bad), color="red", marker="x", label="diverged")
+        ax.legend()
+    if logx:
+        ax.set_xscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    return fig

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from components.errors import UserError
+from components.models import ModelConfig, build_models
 from components.training.state import GanState
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -35,6 +36,8 @@ def state_to_dict(state: GanState, resolved_config: dict) -> dict:
                 "sampler": state.sampler.generator.get_state()},
         "trace": {k: torch.tensor(v, dtype=torch.float64) for k, v in state.trace.items()},
         "config_json": json.dumps(resolved_config, sort_keys=True),
+        "shape": {"channels": state.G_ema.channels, "resolution": state.G_ema.resolution,
+                  "num_classes": state.G_ema.num_classes},
     }
 
 
@@ -77,3 +80,13 @@ def restore_state(state: GanState, ckpt: dict) -> None:
     state.noise.set_state(ckpt["rng"]["noise"])
     state.sampler.generator.set_state(ckpt["rng"]["sampler"])
     state.trace = {k: v.tolist() for k, v in ckpt["trace"].items()}
+
+
+def models_from_checkpoint(ckpt: dict):
+    """(G_ema, D, resolved_config) rebuilt from a checkpoint dict, in eval mode."""
+    config = json.loads(ckpt["config_json"])
+    model_cfg = ModelConfig(**config["model"])
+    G, D = build_models(model_cfg, **ckpt["shape"])
+    G.load_state_dict(ckpt["G_ema"])
+    D.load_state_dict(ckpt["D"])
+    return G.eval(), D.eval(), config

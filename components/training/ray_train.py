@@ -62,6 +62,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     def on_report(st, metrics: dict[str, float]) -> None:
         final = st.step >= cfg.steps or st.diverged
         due = final or st.step - last_ckpt[0] >= cfg.checkpoint_every
+        if rank == 0:
+            print(progress_line("train", st.step, cfg.steps, cfg.batch_size, metrics), flush=True)
         if logger is not None:
             logger.log_metrics(metrics, st.step)
             if final or st.step % cfg.sample_grid_every == 0:
@@ -77,6 +79,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
     train_steps(state, loss, cfg, cfg.steps, on_report)
+
+
+def progress_line(what: str, step: int, total: int, batch: int, m: dict[str, float]) -> str:
+    """One human-readable progress line with an ETA from the current throughput."""
+    eta_s = (total - step) * batch / max(m["images_per_s"], 1e-9)
+    return (f"  {what} step {step}/{total}  d_loss {m['d_loss']:.3f}  g_loss {m['g_loss']:.3f}  "
+            f"rec {m['rec_loss']:.3f}  D(x) {m['d_real']:.2f}  D(G(z)) {m['d_fake']:.2f}  "
+            f"{m['images_per_s']:.0f} img/s  ETA {eta_s:.0f}s")
 
 
 def run_torch_trainer(loop_config: dict, storage_path: Path, run_name: str):

@@ -1,0 +1,4 @@
+"""Adversarial attacks, batched and device-agnostic."""
+from components.attacks.fgsm import fgsm
+
+__all__ = ["fgsm"]

@@ -1,0 +1,79 @@
+"""Stability metrics over a training trace (dict of per-step lists), and the composite score.
+
+stability_score = w_osc * (std(d_loss) + std(g_loss)) over the trailing window
+                + w_bal * |r_t - r_target|,  r_t = E[sign D(real)] over the window (1 = D overfits)
+                + w_spk * grad-spike rate
+                = inf if the run diverged.
+Lower is better. Every component is reported on its own next to the score.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _tail(trace: dict[str, list[float]], key: str, window: int) -> np.ndarray:
+    return np.asarray(trace.get(key, [])[-window:], dtype=np.float64)
+
+
+def oscillation(trace: dict[str, list[float]], window: int) -> dict[str, float]:
+    """Windowed std and least-squares slope (trend per step) of the D and G losses."""
+    out = {}
+    for key in ("d_loss", "g_loss"):
+        tail = _tail(trace, key, window)
+        out[f"{key}_std"] = float(tail.std()) if len(tail) > 1 else 0.0
+        out[f"{key}_trend"] = float(np.polyfit(np.arange(len(tail)), tail, 1)[0]) if len(tail) > 1 else 0.0
+    return out
+
+
+def balance(trace: dict[str, list[float]], window: int, r_target: float = 0.6) -> dict[str, float]:
+    """D accuracy on real and fake, r_t = E[sign D(real)] and its distance from the target."""
+    r_t = float(_tail(trace, "d_sign_real", window).mean()) if trace.get("d_sign_real") else 0.0
+    return {
+        "d_acc_real": float(_tail(trace, "d_acc_real", window).mean()) if trace.get("d_acc_real") else 0.0,
+        "d_acc_fake": float(_tail(trace, "d_acc_fake", window).mean()) if trace.get("d_acc_fake") else 0.0,
+        "r_t": r_t,
+        "r_t_gap": abs(r_t - r_target),
+    }
+
+
+def grad_spikes(trace: dict[str, list[float]], window: int, k: float = 5.0) -> dict[str, float]:
+    """Share of steps whose G or D gradient norm exceeds k x the running median of the steps before."""
+    rates = []
+    for key in ("grad_norm_d", "grad_norm_g"):
+        norms = np.asarray(trace.get(key, []), dtype=np.float64)
+        spikes = [norms[i] > k * np.median(norms[max(0, i - window):i]) for i in range(1, len(norms))]
+        rates.append(float(np.mean(spikes)) if spikes else 0.0)
+    return {"grad_spike_rate": max(rates)}
+
+
+def divergence(trace: dict[str, list[float]], bound: float = 1e4) -> dict[str, float]:
+    """1 if any loss or gradient norm is non-finite or a loss exceeds `bound`, else 0."""
+    for key in ("d_loss", "g_loss", "grad_norm_d", "grad_norm_g"):
+        vals = np.asarray(trace.get(key, []), dtype=np.float64)
+        if not np.all(np.isfinite(vals)):
+            return {"diverged": 1.0}
+        if key.endswith("loss") and len(vals) and np.abs(vals).max() > bound:
+            return {"diverged": 1.0}
+    return {"diverged": 0.0}
+
+
+STABILITY_METRICS = {
+    "oscillation": oscillation,
+    "balance": balance,
+    "grad_spikes": grad_spikes,
+    "divergence": divergence,
+}
+
+
+def stability_score(trace: dict[str, list[float]], window: int, w_osc: float = 1.0, w_bal: float = 1.0,
+                    w_spk: float = 1.0, r_target: float = 0.6, bound: float = 1e4) -> dict[str, float]:
+    """All stability components plus `stability_score` (inf, never NaN, if diverged)."""
+    parts = {**oscillation(trace, window), **balance(trace, window, r_target), **grad_spikes(trace, window),
+             **divergence(trace, bound)}
+    if parts["diverged"]:
+        return {**parts, "stability_score": math.inf}
+    score = (w_osc * (parts["d_loss_std"] + parts["g_loss_std"]) + w_bal * parts["r_t_gap"]
+             + w_spk * parts["grad_spike_rate"])
+    return {**parts, "stability_score": float(score) if math.isfinite(score) else math.inf}

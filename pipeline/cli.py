@@ -1,0 +1,89 @@
+"""Command line: `python -m pipeline run --config configs/default.yaml [--set a.b=v] [--dry-run]`.
+
+Errors in input become one line on stderr and exit code 2; `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from components.errors import UserError
+from pipeline.ray_edge import keep_ray_on_loopback
+
+ENV_OVERRIDES = {"MLFLOW_TRACKING_URI": "tracking.uri", "RAY_ADDRESS": "ray.address"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ganpipe", description="Distributed, imbalance-aware GAN pipeline.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the DAG: prepare -> train -> tune -> evaluate -> promote")
+    run.add_argument("--config", required=True, help="YAML config, e.g. configs/default.yaml")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr_g=1e-4")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved config and the plan, then exit")
+    run.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun STAGE even if cached")
+    run.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def env_overrides(environ=os.environ) -> list[str]:
+    """MLFLOW_TRACKING_URI / RAY_ADDRESS as `--set` overrides (explicit --set flags still win)."""
+    return [f"{key}={environ[var]}" for var, key in ENV_OVERRIDES.items() if environ.get(var)]
+
+
+def cmd_run(args) -> int:
+    from pipeline.config import dump_config, load_config
+    from pipeline.dag import describe, stage_names
+
+    cfg = load_config(args.config, env_overrides() + args.set)
+    unknown = sorted(set(args.force) - set(stage_names()))
+    if unknown:
+        raise UserError(f"--force {unknown[0]}: no such stage; choose from {', '.join(stage_names())}")
+    if args.dry_run:
+        from pipeline.runner import plan
+
+        print(dump_config(cfg))
+        print("DAG:\n" + describe())
+        print("Plan:\n" + "\n".join(f"  {name:<9} {status}" for name, status in plan(cfg, set(args.force))))
+        return 0
+    from pipeline.runner import run_pipeline
+
+    summary = run_pipeline(cfg, set(args.force))
+    print_summary(summary)
+    return 0
+
+
+def print_summary(s: dict) -> None:
+    """The one end-of-run summary a user reads."""
+    m = s["metrics"]
+    print("\n=== pipeline summary ===")
+    print(f"MLflow tracking URI : {s['tracking_uri']}")
+    print(f"parent run id       : {s['parent_run_id']}")
+    print(f"cached stages       : {', '.join(s['cached']) or 'none'}")
+    print(f"registered model    : {s['model_name']} version {s['model_version']}")
+    print(f"aliases             : {', '.join(s['aliases']) or 'none'} (promoted: {s['promoted']})")
+    print(f"FCD                 : {m['fcd']:.2f} (real vs real {m['fcd_real_vs_real']:.2f}, ratio {m['fcd_ratio']:.1f}x)")
+    print(f"class KL / recall   : {m['class_kl']:.4f} / {m['recall_mean']:.3f} ({m['classes_covered']:.0f} classes covered)")
+    print(f"D accuracy          : clean {m['d_clean_accuracy']:.3f}, under FGSM {m['d_fgsm_accuracy']:.3f}")
+    uri = s["tracking_uri"]
+    if uri.startswith("sqlite:"):
+        print(f"browse              : mlflow ui --backend-store-uri {uri}")
+
+
+COMMANDS = {"run": cmd_run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    keep_ray_on_loopback()
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,168 @@
+"""The one typed config tree: YAML in configs/, validated at load, `--set a.b=v` overrides."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, field_validator
+
+from components.config_base import Section, build
+from components.data.config import DataConfig
+from components.errors import UserError
+from components.losses import LossConfig
+from components.models import ModelConfig
+from components.training.config import TrainConfig
+
+
+class TrackingConfig(Section):
+    """Where MLflow tracking and artifacts live (MLFLOW_TRACKING_URI overrides `uri`)."""
+
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI.")
+    experiment: str = Field("ganpipe", description="MLflow experiment name.")
+    artifact_root: str = Field("mlartifacts", description="Artifact folder or URI for a new experiment.")
+
+
+class RayConfig(Section):
+    """Which Ray cluster to use (RAY_ADDRESS overrides `address`)."""
+
+    address: str | None = Field(None, description="Cluster address; null starts a local Ray on 127.0.0.1.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray; null means all cores.")
+
+
+class SearchDim(Section):
+    """One searched hyperparameter."""
+
+    type: Literal["choice", "grid", "loguniform", "uniform"] = Field(description="Sampling of this dimension.")
+    values: list[Any] | None = Field(None, description="Candidates for choice and grid.")
+    low: float | None = Field(None, description="Lower bound for (log)uniform.")
+    high: float | None = Field(None, description="Upper bound for (log)uniform.")
+
+
+class StabilityWeights(Section):
+    """Weights of the composite stability score (lower is better); see components/metrics/stability.py."""
+
+    oscillation: float = Field(1.0, ge=0.0, description="Weight of the windowed std of D and G losses.")
+    balance: float = Field(1.0, ge=0.0, description="Weight of |r_t - target| (D overfitting signal).")
+    grad_spikes: float = Field(1.0, ge=0.0, description="Weight of the gradient-spike rate.")
+    r_target: float = Field(0.6, ge=-1.0, le=1.0, description="Target of r_t = E[sign D(real)].")
+
+
+class TuneConfig(Section):
+    """A Ray Tune campaign scored by stability."""
+
+    num_samples: int = Field(4, ge=1, description="Trials (times the grid size, if a grid is searched).")
+    steps: int = Field(200, ge=1, description="Training steps per trial.")
+    report_every: int = Field(25, ge=1, description="Steps between trial reports.")
+    max_concurrent_trials: int = Field(2, ge=1, description="Trials running at once.")
+    window: int = Field(50, ge=2, description="Steps in the trailing window of stability metrics.")
+    scheduler: Literal["asha", "none"] = Field("asha", description="Early stopping of unstable trials.")
+    search_space: dict[str, SearchDim] = Field(default_factory=dict, description="Dotted key -> dimension.")
+    weights: StabilityWeights = Field(default_factory=StabilityWeights)
+    handoff: Literal["best_trial", "retrain"] = Field(
+        "best_trial", description="Candidate model: the best trial's checkpoint, or a full retrain.")
+    seed: int = Field(0, description="Seed of the search algorithm.")
+
+    @field_validator("search_space")
+    @classmethod
+    def _keys_are_tunable(cls, space: dict[str, SearchDim]) -> dict[str, SearchDim]:
+        sections = {"train": TrainConfig, "loss": LossConfig, "model": ModelConfig}
+        for key in space:
+            section, _, field = key.partition(".")
+            if section not in sections or field not in sections[section].model_fields:
+                raise ValueError(f"unknown tunable key {key!r}; use train.*, loss.* or model.* fields")
+        return space
+
+
+class EvaluateConfig(Section):
+    """Sample quality, per-class metrics and robustness of the candidate."""
+
+    samples_per_class: int = Field(100, ge=2, description="Generated samples per class.")
+    classifier_steps: int = Field(600, ge=1, description="Training steps of the evaluator CNN.")
+    fgsm_eps: float = Field(0.05, ge=0.0, description="L-inf FGSM budget on [-1, 1] images.")
+    seed: int = Field(0, description="Seed of sampling and the evaluator.")
+
+
+class GatesConfig(Section):
+    """Promotion gates: every one must pass for `champion` to move."""
+
+    max_fcd: float | None = Field(None, gt=0.0, description="Maximum classifier-feature Frechet distance.")
+    max_class_kl: float | None = Field(None, ge=0.0, description="Maximum KL(generated classes || uniform).")
+    min_d_fgsm_accuracy: float | None = Field(None, ge=0.0, le=1.0, description="Minimum D accuracy under FGSM.")
+    require_no_divergence: bool = Field(True, description="Training must not have diverged.")
+    min_improvement: float = Field(0.0, ge=0.0, description="Must beat the champion's FCD by this margin.")
+
+
+class PromoteConfig(Section):
+    """Model Registry target and gates."""
+
+    model_name: str = Field("ganpipe-generator", min_length=1, description="Registered model name.")
+    gates: GatesConfig = Field(default_factory=GatesConfig)
+
+
+class PipelineConfig(Section):
+    """The whole pipeline."""
+
+    name: str = Field("default", description="Pipeline name; names the MLflow parent run.")
+    work_dir: str = Field("outputs", description="Where stage outputs are written.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    promote: PromoteConfig = Field(default_factory=PromoteConfig)
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Apply `a.b.c=value` (value parsed as YAML) to a nested dict in place."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise UserError(f"bad override {assignment!r}: use --set section.field=value")
+    *parents, leaf = key.split(".")
+    node = tree
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise UserError(f"bad override {assignment!r}: {p} is not a section")
+    node[leaf] = yaml.safe_load(raw)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
+    """Read YAML, apply overrides, validate; every failure is a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path} (see configs/ for examples)")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file {path} is not valid YAML{where}") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"config file {path} must be a mapping of sections")
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    try:
+        return build(PipelineConfig, tree)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
+
+
+def dump_config(cfg: PipelineConfig) -> str:
+    """The resolved config as YAML (written next to every run)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def flat_params(tree: dict, prefix: str = "") -> dict[str, str]:
+    """Nested dict -> {'train.lr_g': '0.0002', ...} for MLflow params."""
+    out: dict[str, str] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flat_params(v, key + "."))
+        else:
+            out[key] = str(v)[:500]
+    return out

@@ -1,0 +1,35 @@
+"""The DAG: which stage reads which, and which config sections make up each stage's fingerprint."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from pipeline.stages import evaluate, prepare, promote, train, tune
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A node: its function, the upstream stages it reads, and the config sections it depends on."""
+
+    name: str
+    fn: Callable
+    inputs: tuple[str, ...]
+    sections: tuple[str, ...]
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("prepare", prepare.run, (), ("data",)),
+    Stage("train", train.run, ("prepare",), ("data", "model", "loss", "train")),
+    Stage("tune", tune.run, ("prepare", "train"), ("data", "model", "loss", "train", "tune")),
+    Stage("evaluate", evaluate.run, ("prepare", "tune"), ("evaluate",)),
+    Stage("promote", promote.run, ("evaluate", "tune"), ("promote",)),
+)
+
+def stage_names() -> list[str]:
+    """Stage names in dependency order."""
+    return [s.name for s in STAGES]
+
+
+def describe() -> str:
+    """The DAG as text, one edge list per stage."""
+    return "\n".join(f"  {s.name:<9} <- {', '.join(s.inputs) or '(source)'}" for s in STAGES)

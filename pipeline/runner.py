@@ -1,0 +1,139 @@
+"""Run the DAG: fingerprint each stage, skip cached ones, run the rest as MLflow child runs."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import mlflow
+
+from pipeline.config import PipelineConfig, dump_config, flat_params
+from pipeline.dag import STAGES, Stage
+from pipeline.fingerprint import directory_digest, git_commit, source_digest, stage_fingerprint
+from pipeline.ray_edge import ensure_ray
+from pipeline.stages.context import StageContext
+from pipeline.tracking import setup_tracking
+
+MARKER = "_stage.json"
+
+
+def stage_dir(work: Path, stage: Stage, fingerprint: str) -> Path:
+    """Final output directory of a stage run."""
+    return work / "stages" / stage.name / fingerprint[:16]
+
+
+def sections_of(cfg: PipelineConfig, stage: Stage) -> dict:
+    """The resolved config sections a stage depends on."""
+    dumped = cfg.model_dump(mode="json")
+    return {s: dumped[s] for s in stage.sections}
+
+
+def plan(cfg: PipelineConfig, force: set[str] = frozenset()) -> list[tuple[str, str]]:
+    """(stage, 'cached' | 'run') for each stage, without running anything."""
+    work, code = Path(cfg.work_dir).resolve(), source_digest()
+    digests: dict[str, str] = {}
+    rows = []
+    for stage in STAGES:
+        if any(u not in digests for u in stage.inputs):
+            rows.append((stage.name, "run"))
+            continue
+        fp = stage_fingerprint(stage.name, sections_of(cfg, stage), code, {u: digests[u] for u in stage.inputs})
+        marker = stage_dir(work, stage, fp) / MARKER
+        if marker.exists() and stage.name not in force:
+            digests[stage.name] = json.loads(marker.read_text())["digest"]
+            rows.append((stage.name, "cached"))
+        else:
+            rows.append((stage.name, "run"))
+    return rows
+
+
+def _run_stage(cfg, stage, fp, final: Path, inputs, tracking_uri, parent_id, upstream_run_ids, code,
+               forced: bool) -> dict:
+    tmp = final.parent / f".tmp-{fp[:16]}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        with mlflow.start_run(run_name=stage.name, nested=True) as run:
+            mlflow.set_tags({"stage": stage.name, "fingerprint": fp, "code_version": code,
+                             **{f"upstream.{k}": v for k, v in upstream_run_ids.items()}})
+            sections = sections_of(cfg, stage)
+            mlflow.log_params(flat_params(sections))
+            mlflow.log_text(dump_config(cfg), "config.yaml")
+            ctx = StageContext(cfg, stage.name, fp, tmp, inputs, Path(cfg.work_dir).resolve(), tracking_uri,
+                               run.info.run_id, parent_id, upstream_run_ids, forced)
+            t0 = time.perf_counter()
+            stage.fn(ctx)
+            seconds = time.perf_counter() - t0
+            digest = directory_digest(tmp)
+            mlflow.set_tag("output_digest", digest)
+            mlflow.log_metric("stage_seconds", seconds)
+            record = {"stage": stage.name, "fingerprint": fp, "digest": digest, "run_id": run.info.run_id,
+                      "seconds": seconds}
+            (tmp / MARKER).write_text(json.dumps(record, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return record
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset()) -> dict:
+    """Run every stage in order (cached ones are skipped) under one MLflow parent run; returns a summary."""
+    work = Path(cfg.work_dir).resolve()
+    code = source_digest()
+    tracking_uri, _ = setup_tracking(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
+    started_ray = ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
+    records: dict[str, dict] = {}
+    try:
+        with mlflow.start_run(run_name=f"{cfg.name}-pipeline") as parent:
+            mlflow.set_tags({"code_version": code, "git_commit": git_commit() or "none", "pipeline": cfg.name})
+            mlflow.log_params(flat_params(cfg.model_dump(mode="json")))
+            mlflow.log_text(dump_config(cfg), "config.yaml")
+            for i, stage in enumerate(STAGES, 1):
+                upstream = {u: records[u]["digest"] for u in stage.inputs}
+                fp = stage_fingerprint(stage.name, sections_of(cfg, stage), code, upstream)
+                final = stage_dir(work, stage, fp)
+                inputs = {u: stage_dir(work, next(s for s in STAGES if s.name == u), records[u]["fingerprint"])
+                          for u in stage.inputs}
+                if (final / MARKER).exists() and stage.name not in force:
+                    records[stage.name] = {**json.loads((final / MARKER).read_text()), "cached": True}
+                    print(f"[{i}/{len(STAGES)}] {stage.name}: cached (fingerprint {fp[:12]}, "
+                          f"run {records[stage.name]['run_id'][:12]})", flush=True)
+                    continue
+                print(f"[{i}/{len(STAGES)}] {stage.name}: running (fingerprint {fp[:12]})", flush=True)
+                upstream_runs = {u: records[u]["run_id"] for u in stage.inputs}
+                records[stage.name] = _run_stage(cfg, stage, fp, final, inputs, tracking_uri, parent.info.run_id,
+                                                 upstream_runs, code, stage.name in force)
+                print(f"[{i}/{len(STAGES)}] {stage.name}: done in {records[stage.name]['seconds']:.1f}s", flush=True)
+            dataset_digest = json.loads((stage_dir(work, STAGES[0], records["prepare"]["fingerprint"])
+                                         / "data" / "manifest.json").read_text())["digest"]
+            mlflow.set_tag("dataset_digest", dataset_digest)
+            return _summary(cfg, work, records, tracking_uri, parent.info.run_id)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _summary(cfg, work: Path, records: dict, tracking_uri: str, parent_id: str) -> dict:
+    by_name = {s.name: s for s in STAGES}
+    evaluation = json.loads((stage_dir(work, by_name["evaluate"], records["evaluate"]["fingerprint"])
+                             / "evaluation.json").read_text())
+    promotion = json.loads((stage_dir(work, by_name["promote"], records["promote"]["fingerprint"])
+                            / "promotion.json").read_text())
+    return {
+        "tracking_uri": tracking_uri,
+        "parent_run_id": parent_id,
+        "stage_run_ids": {k: v["run_id"] for k, v in records.items()},
+        "cached": [k for k, v in records.items() if v.get("cached")],
+        "model_name": promotion["model_name"],
+        "model_version": promotion["version"],
+        "aliases": promotion["aliases"],
+        "promoted": promotion["promoted"],
+        "metrics": {k: evaluation[k] for k in ("fcd", "fcd_real_vs_real", "fcd_ratio", "class_kl", "recall_mean",
+                                                "classes_covered", "d_clean_accuracy", "d_fgsm_accuracy")},
+    }

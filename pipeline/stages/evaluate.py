@@ -1,0 +1,135 @@
+"""evaluate: sample quality, per-class (minority) metrics and D robustness of the candidate generator.
+
+Reads:  prepare's data/, tune's candidate/checkpoint.pt.
+Writes: evaluation.json (schema-versioned; promote reads it), per_class.csv, samples.png,
+        generated_classes.png.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+
+from components.attacks import fgsm
+from components.data.reader import SplitTensors, load_split
+from components.data.shards import read_manifest
+from components.metrics import QUALITY_METRICS
+from components.metrics.classifier import EvaluatorCNN, predict, train_classifier
+from components.plots import bar_chart, class_sample_grid
+from components.training.checkpoint import load_checkpoint, models_from_checkpoint
+from pipeline.stages.context import StageContext
+
+EVALUATION_SCHEMA_VERSION = 1
+
+
+def cached_classifier(cache_dir: Path, digest: str, data: SplitTensors, num_classes: int, steps: int,
+                      seed: int) -> EvaluatorCNN:
+    """Train the evaluator once per (data digest, steps, seed); later runs load it."""
+    key = hashlib.sha256(f"{digest}:{steps}:{seed}:v1".encode()).hexdigest()[:16]
+    path = cache_dir / f"evaluator-{key}.pt"
+    _, c, h, _ = data.images_u8.shape
+    if path.exists():
+        model = EvaluatorCNN(c, h, num_classes)
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+    print(f"  evaluate: training the evaluator classifier ({steps} steps)", flush=True)
+    model = train_classifier(data, num_classes, steps, seed)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+    os.close(fd)
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    return model
+
+
+@torch.no_grad()
+def generate_per_class(G, num_classes: int, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """per_class samples of every class from fixed-seed noise: (images, requested labels)."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(num_classes).repeat_interleave(per_class)
+    z = torch.randn(len(y), G.z_dim, generator=gen)
+    return torch.cat([G.generate(z[i:i + 500], y[i:i + 500]) for i in range(0, len(y), 500)]), y
+
+
+def d_accuracy_under_fgsm(D, real, y_real, fake, y_fake, eps: float) -> dict[str, float]:
+    """D's real/fake accuracy, clean and under FGSM that pushes real towards fake and fake towards real."""
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    real_adv = fgsm(lambda x: bce(D(x, y_real), torch.ones(len(x))), real, eps)
+    fake_adv = fgsm(lambda x: bce(D(x, y_fake), torch.zeros(len(x))), fake, eps)
+    with torch.no_grad():
+        clean = torch.cat([D(real, y_real) > 0, D(fake, y_fake) < 0]).float().mean()
+        adv_real = (D(real_adv, y_real) > 0).float().mean()
+        adv_fake = (D(fake_adv, y_fake) < 0).float().mean()
+    return {"d_clean_accuracy": float(clean), "d_fgsm_accuracy": float((adv_real + adv_fake) / 2),
+            "d_fgsm_accuracy_real": float(adv_real), "d_fgsm_accuracy_fake": float(adv_fake)}
+
+
+def load_heldout(data_dir: Path, manifest: dict) -> SplitTensors:
+    """val and test splits together: the real reference that training never saw."""
+    splits = [load_split(data_dir, s) for s in ("val", "test") if s in manifest["files"]]
+    return SplitTensors(torch.cat([s.images_u8 for s in splits]), torch.cat([s.labels for s in splits]))
+
+
+def run(ctx: StageContext) -> dict:
+    ec = ctx.cfg.evaluate
+    data_dir = ctx.input("prepare") / "data"
+    manifest = read_manifest(data_dir)
+    n_classes, names = manifest["num_classes"], manifest["class_names"]
+    train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
+    held = load_heldout(data_dir, manifest)
+
+    clf = cached_classifier(ctx.work_dir / "cache", manifest["digest"], train, n_classes, ec.classifier_steps, ec.seed)
+    _, val_pred = predict(clf, val.images_float())
+    ckpt = load_checkpoint(ctx.input("tune") / "candidate")
+    G, D, _ = models_from_checkpoint(ckpt)
+    fake, y_req = generate_per_class(G, n_classes, ec.samples_per_class, ec.seed)
+
+    # Section: quality on evaluator features.
+    f_train, _ = predict(clf, train.images_float())
+    f_held, _ = predict(clf, held.images_float())
+    f_fake, p_fake = predict(clf, fake)
+    fd = QUALITY_METRICS["frechet_distance"]
+    result = {
+        "schema_version": EVALUATION_SCHEMA_VERSION,
+        "classifier_val_accuracy": float((val_pred == val.labels).float().mean()),
+        "fcd": fd(f_fake.numpy(), f_train.numpy())["fd"],
+        "fcd_real_vs_real": fd(f_held.numpy(), f_train.numpy())["fd"],
+        **QUALITY_METRICS["class_histogram"](p_fake.numpy(), n_classes),
+        **QUALITY_METRICS["class_recall"](p_fake.numpy(), y_req.numpy(), n_classes),
+        "diverged": float(ckpt["diverged"]),
+        "train_steps": int(ckpt["step"]),
+    }
+    result["fcd_ratio"] = result["fcd"] / max(result["fcd_real_vs_real"], 1e-9)
+
+    # Section: robustness of D (held-out real vs fresh fakes of the same labels).
+    n = min(len(held.labels), 256)
+    y_fake = held.labels[:n]
+    with torch.no_grad():
+        z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(ec.seed + 1))
+        fake_eval = G.generate(z, y_fake)
+    result.update(d_accuracy_under_fgsm(D, held.images_float()[:n], held.labels[:n], fake_eval, y_fake, ec.fgsm_eps))
+    result["fgsm_eps"] = ec.fgsm_eps
+
+    # Section: outputs.
+    ctx.write_json("evaluation.json", result)
+    rows = ["class,name,train_count,generated_share,recall"] + [
+        f"{c},{names[c]},{manifest['class_counts']['train'][c]},{result[f'share_class_{c}']:.4f},"
+        f"{result[f'recall_class_{c}']:.4f}" for c in range(n_classes)]
+    (ctx.out_dir / "per_class.csv").write_text("\n".join(rows) + "\n")
+    z8 = torch.randn(8, G.z_dim, generator=torch.Generator().manual_seed(1234))
+    class_sample_grid(G, n_classes, z8).save(ctx.out_dir / "samples.png")
+    hist = np.bincount(p_fake.numpy(), minlength=n_classes).tolist()
+    bar_chart({"generated (evaluator's labels)": hist}, names, "Generated class histogram", "samples") \
+        .savefig(ctx.out_dir / "generated_classes.png", dpi=100)
+    mlflow.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float))})
+    for name in ("evaluation.json", "per_class.csv", "samples.png", "generated_classes.png"):
+        mlflow.log_artifact(str(ctx.out_dir / name))
+    print(f"  evaluate: FCD {result['fcd']:.2f} (real-vs-real {result['fcd_real_vs_real']:.2f}), "
+          f"class KL {result['class_kl']:.4f}, recall {result['recall_mean']:.3f}, "
+          f"D acc clean {result['d_clean_accuracy']:.3f} / FGSM {result['d_fgsm_accuracy']:.3f}", flush=True)
+    return {"evaluation": ctx.out_dir / "evaluation.json"}

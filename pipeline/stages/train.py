@@ -1,0 +1,68 @@
+"""train: Ray Train TorchTrainer (DDP) on the prepared data.
+
+Reads:  prepare's data/ (shards + manifest).
+Writes: checkpoint.pt (G, D, EMA-G, optimisers, RNG, trace, config), metrics.json, training_curves.png.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import mlflow
+
+from components.errors import UserError
+from components.plots import line_chart
+from components.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from components.training.ray_train import run_torch_trainer
+from pipeline.stages.context import StageContext
+
+
+def loop_config(ctx: StageContext, data_dir: Path, train_overrides: dict | None = None) -> dict:
+    """The plain-dict config that travels to Ray workers."""
+    cfg = ctx.cfg
+    train = {**cfg.train.model_dump(), **(train_overrides or {})}
+    return {
+        "model": cfg.model.model_dump(), "loss": cfg.loss.model_dump(), "train": train,
+        "data_dir": str(data_dir.resolve()), "rebalance": cfg.data.rebalance, "weight_scheme": cfg.data.weight_scheme,
+        "mlflow": {"tracking_uri": ctx.tracking_uri, "run_id": ctx.run_id},
+        "resolved_config": {**cfg.model_dump(mode="json"), "train": train},
+    }
+
+
+def check_gpu_request(use_gpu: bool, num_workers: int) -> None:
+    """Fail early, in one line, when GPUs are asked for and the cluster has too few."""
+    import ray
+
+    if use_gpu and ray.cluster_resources().get("GPU", 0) < num_workers:
+        have = int(ray.cluster_resources().get("GPU", 0))
+        raise UserError(f"train.use_gpu is true but the Ray cluster has {have} GPU(s) for {num_workers} "
+                        "worker(s): set train.use_gpu=false or submit to a GPU cluster")
+
+
+def fit_and_collect(ctx: StageContext, config: dict, run_name: str, out_dir: Path) -> dict:
+    """Run the TorchTrainer, copy its final checkpoint to out_dir, and return the final metrics."""
+    check_gpu_request(config["train"]["use_gpu"], config["train"]["num_workers"])
+    storage = ctx.work_dir / "ray_results"
+    if ctx.forced:  # a run with the same name would resume from its latest checkpoint
+        shutil.rmtree(storage / run_name, ignore_errors=True)
+    result = run_torch_trainer(config, storage, run_name)
+    if result.error is not None:
+        raise RuntimeError(f"training failed: {result.error}")
+    with result.checkpoint.as_directory() as d:
+        shutil.copy2(Path(d) / CHECKPOINT_FILE, out_dir / CHECKPOINT_FILE)
+    return dict(result.metrics or {})
+
+
+def run(ctx: StageContext) -> dict:
+    config = loop_config(ctx, ctx.input("prepare") / "data")
+    metrics = fit_and_collect(ctx, config, f"{ctx.cfg.name}-train-{ctx.fingerprint[:12]}", ctx.out_dir)
+    ckpt = load_checkpoint(ctx.out_dir / CHECKPOINT_FILE)
+    trace = {k: v.tolist() for k, v in ckpt["trace"].items()}
+    summary = {"final": metrics, "steps": int(ckpt["step"]), "diverged": bool(ckpt["diverged"])}
+    ctx.write_json("metrics.json", summary)
+    fig = line_chart({k: trace[k] for k in ("d_loss", "g_loss", "rec_loss") if k in trace},
+                     "Training losses (per step)", "step")
+    fig.savefig(ctx.out_dir / "training_curves.png", dpi=100)
+    mlflow.log_artifact(str(ctx.out_dir / "training_curves.png"))
+    mlflow.log_artifact(str(ctx.out_dir / "metrics.json"))
+    return {"checkpoint": ctx.out_dir / CHECKPOINT_FILE}

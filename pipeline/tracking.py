@@ -1,0 +1,36 @@
+"""The MLflow edge of the pipeline: resolve the tracking URI, find the experiment, open runs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+
+from components.errors import UserError
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """Make `sqlite:///relative.db` absolute, so Ray workers with another cwd write to the same file."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    if "://" not in uri:
+        raise UserError(f"tracking.uri {uri!r} is a plain path; MLflow 3 needs a database or server URI, "
+                        "e.g. sqlite:///mlflow.db or http://127.0.0.1:5000")
+    return uri
+
+
+def artifact_location(root: str) -> str:
+    """A local folder becomes an absolute file URI; URIs (s3://, mlflow-artifacts:) pass through."""
+    return root if "://" in root or root.startswith("mlflow-artifacts:") else Path(root).resolve().as_uri()
+
+
+def setup_tracking(uri: str, experiment: str, artifact_root: str) -> tuple[str, str]:
+    """Point MLflow at `uri`, create the experiment if needed; returns (absolute uri, experiment id)."""
+    uri = absolute_tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # inherited by Ray workers started from this process
+    exp = mlflow.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else mlflow.create_experiment(experiment, artifact_location(artifact_root))
+    mlflow.set_experiment(experiment_id=exp_id)
+    return uri, exp_id
