@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr_g=1e-4")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and the plan, then exit")
     run.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun STAGE even if cached")
-    run.add_argument("--debug", action="store_true", help="show tracebacks")
+    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
 
 

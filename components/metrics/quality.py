@@ -9,7 +9,7 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> dict[str, floa
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two (N, F) feature sets."""
     mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
     s_a, s_b = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s_a @ s_b, disp=False)
+    covmean = linalg.sqrtm(s_a @ s_b)
     if not np.all(np.isfinite(covmean)):  # near-singular product: regularise as in the reference FID code
         eye = np.eye(len(s_a)) * 1e-6
         covmean = linalg.sqrtm((s_a + eye) @ (s_b + eye))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -36,6 +37,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    # Single-input-channel convs give grads with other (equivalent) strides than DDP's buckets: harmless.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(loop_config["train"].get("threads_per_worker", 1))
@@ -91,7 +94,7 @@ def progress_line(what: str, step: int, total: int, batch: int, m: dict[str, flo
 
 def run_torch_trainer(loop_config: dict, storage_path: Path, run_name: str):
     """Launch `train_loop_per_worker` on a TorchTrainer; returns the Ray Train Result."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     cfg = TrainConfig(**loop_config["train"])
@@ -105,6 +108,7 @@ def run_torch_trainer(loop_config: dict, storage_path: Path, run_name: str):
             storage_path=str(Path(storage_path).resolve()),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
+            logging_config=LoggingConfig(log_level="WARNING"),  # our own progress lines say enough
         ),
     )
     return trainer.fit()

@@ -1,0 +1,47 @@
+"""Shared fixtures: one loopback Ray cluster per session, and one smoke DAG run for integration tests."""
+from __future__ import annotations
+
+import os
+
+# Before anything imports Ray: keep it on 127.0.0.1 and offline.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ.pop("RAY_ADDRESS", None)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray on 127.0.0.1 shared by every test that needs one; shut down by its own handle."""
+    import ray
+
+    from pipeline.ray_edge import ensure_ray
+
+    started = ensure_ray(None, 2)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def smoke_overrides(tmp: Path) -> list[str]:
+    """Point a smoke run's outputs and tracking into `tmp`."""
+    return [f"work_dir={tmp / 'outputs'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+            f"tracking.artifact_root={tmp / 'mlartifacts'}"]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(ray_cluster, tmp_path_factory):
+    """The whole DAG on configs/smoke.yaml, real Ray and real MLflow (SQLite in a temp dir)."""
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+
+    tmp = tmp_path_factory.mktemp("smoke")
+    cfg = load_config(REPO / "configs" / "smoke.yaml", smoke_overrides(tmp))
+    summary = run_pipeline(cfg)
+    return {"cfg": cfg, "summary": summary, "tmp": tmp}

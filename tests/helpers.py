@@ -1,0 +1,29 @@
+"""In-process training helpers for tests: the same loop as Ray workers run, without Ray or MLflow."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from components.data.prepare import prepare_dataset
+from components.training.ray_train import build_worker_state
+from pipeline.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def smoke_loop_config(data_dir: Path, **train_overrides) -> dict:
+    """configs/smoke.yaml as the plain-dict loop config, one worker, prepared data in data_dir."""
+    cfg = load_config(REPO / "configs" / "smoke.yaml")
+    if not (data_dir / "manifest.json").exists():
+        prepare_dataset(cfg.data, data_dir)
+    train = {**cfg.train.model_dump(), "num_workers": 1, **train_overrides}
+    return {"model": cfg.model.model_dump(), "loss": cfg.loss.model_dump(), "train": train,
+            "data_dir": str(data_dir), "rebalance": cfg.data.rebalance, "weight_scheme": cfg.data.weight_scheme,
+            "mlflow": None, "resolved_config": {**cfg.model_dump(mode="json"), "train": train}}
+
+
+def fresh_state(loop_config: dict):
+    """(state, train_cfg, loss) for rank 0 of 1, with one intra-op thread for reproducibility."""
+    torch.set_num_threads(1)
+    return build_worker_state(loop_config, rank=0, world=1)

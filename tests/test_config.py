@@ -1,0 +1,75 @@
+"""Config loading: typed, validated, one-line errors naming the file or dotted key, exit code 2."""
+import pytest
+
+from components.errors import UserError
+from pipeline.cli import env_overrides, main
+from pipeline.config import load_config
+from tests.conftest import REPO
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_default_and_smoke_configs_load():
+    assert load_config(REPO / "configs" / "default.yaml").train.num_workers == 2
+    assert load_config(REPO / "configs" / "smoke.yaml").train.steps <= 50
+
+
+def test_override_sets_nested_value():
+    cfg = load_config(REPO / "configs" / "smoke.yaml", ["train.lr_g=1e-3", "data.imbalance_ratio=5"])
+    assert cfg.train.lr_g == 1e-3 and cfg.data.imbalance_ratio == 5
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("train: {lr_g: -1}", "train.lr_g"),
+    ("train: {num_workers: 2, batch_size: 1}", "train.batch_size"),
+    ("data: {resolution: 48}", "data.resolution"),
+    ("loss: {objective: wasserstein-ish}", "loss.objective"),
+    ("trian: {steps: 3}", "trian"),
+    ("train: {stepz: 3}", "train.stepz"),
+    ("tune: {search_space: {train.lr_x: {type: choice, values: [1]}}}", "train.lr_x"),
+])
+def test_bad_config_names_the_dotted_key(tmp_path, text, needle):
+    with pytest.raises(UserError, match=needle.replace(".", r"\.")):
+        load_config(write(tmp_path, text))
+
+
+def test_cli_missing_config_exits_2_with_one_line(capsys):
+    assert main(["run", "--config", "does-not-exist.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does-not-exist.yaml" in err
+
+
+def test_cli_unknown_key_exits_2_naming_it(tmp_path, capsys):
+    path = write(tmp_path, "train: {steps: 5, warp_speed: 9}")
+    assert main(["run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.warp_speed" in err and "Traceback" not in err
+
+
+def test_cli_debug_shows_traceback(tmp_path):
+    with pytest.raises(UserError):
+        main(["--debug", "run", "--config", "does-not-exist.yaml"])
+
+
+def test_cli_unknown_stage_in_force(capsys):
+    assert main(["run", "--config", str(REPO / "configs" / "smoke.yaml"), "--force", "trian"]) == 2
+    assert "trian" in capsys.readouterr().err
+
+
+def test_dry_run_prints_config_dag_and_plan(tmp_path, capsys):
+    code = main(["run", "--config", str(REPO / "configs" / "smoke.yaml"), "--dry-run",
+                 "--set", f"work_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "lr_g:" in out and "tune      <- prepare, train" in out
+    assert all(f"  {s}" in out for s in ("prepare", "train", "tune", "evaluate", "promote"))
+    assert not (tmp_path / "stages").exists()  # a dry run writes nothing
+
+
+def test_environment_overrides_tracking_and_ray():
+    env = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "RAY_ADDRESS": "127.0.0.1:6379"}
+    assert env_overrides(env) == ["tracking.uri=http://127.0.0.1:5000", "ray.address=127.0.0.1:6379"]

@@ -1,0 +1,74 @@
+"""Registered metrics on cases whose answer is known."""
+import math
+
+import numpy as np
+import pytest
+from scipy import linalg
+
+from components.metrics import QUALITY_METRICS, STABILITY_METRICS, stability_score
+
+fd = QUALITY_METRICS["frechet_distance"]
+
+
+def test_frechet_of_identical_sets_is_zero():
+    x = np.random.default_rng(0).normal(size=(500, 8))
+    assert fd(x, x)["fd"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_frechet_matches_closed_form_for_gaussians():
+    rng = np.random.default_rng(1)
+    a = rng.normal(0.0, 1.0, size=(20000, 3))
+    b = rng.normal(2.0, 2.0, size=(20000, 3))
+    # mu diff^2 = 3 * 4; trace terms = 3 * (1 + 4 - 2 * sqrt(1 * 4)) = 3.
+    assert fd(a, b)["fd"] == pytest.approx(15.0, rel=0.03)
+
+
+def test_frechet_cross_checks_scipy_sqrtm():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(300, 4)), rng.normal(size=(300, 4)) @ rng.normal(size=(4, 4))
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ref = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s_a + s_b - 2 * linalg.sqrtm(s_a @ s_b).real)
+    assert fd(a, b)["fd"] == pytest.approx(ref, rel=1e-6)
+
+
+def test_class_histogram_kl_and_coverage():
+    uniform = QUALITY_METRICS["class_histogram"](np.repeat(np.arange(4), 25), 4)
+    assert uniform["class_kl"] == pytest.approx(0.0, abs=1e-9) and uniform["classes_covered"] == 4
+    collapsed = QUALITY_METRICS["class_histogram"](np.zeros(100, dtype=int), 4)
+    assert collapsed["class_kl"] == pytest.approx(math.log(4)) and collapsed["classes_covered"] == 1
+
+
+def test_class_recall():
+    out = QUALITY_METRICS["class_recall"](np.array([0, 0, 1, 0]), np.array([0, 0, 1, 1]), 2)
+    assert out["recall_class_0"] == 1.0 and out["recall_class_1"] == 0.5 and out["recall_mean"] == 0.75
+
+
+def test_oscillation_std_and_trend():
+    trace = {"d_loss": [0.0, 2.0] * 10, "g_loss": list(np.arange(20.0))}
+    out = STABILITY_METRICS["oscillation"](trace, window=20)
+    assert out["d_loss_std"] == pytest.approx(1.0) and out["g_loss_trend"] == pytest.approx(1.0)
+
+
+def test_balance_r_t():
+    out = STABILITY_METRICS["balance"]({"d_sign_real": [1.0] * 10, "d_acc_real": [1.0] * 10,
+                                        "d_acc_fake": [0.5] * 10}, window=10, r_target=0.6)
+    assert out["r_t"] == 1.0 and out["r_t_gap"] == pytest.approx(0.4) and out["d_acc_fake"] == 0.5
+
+
+def test_grad_spike_rate():
+    norms = [1.0] * 99 + [100.0]
+    out = STABILITY_METRICS["grad_spikes"]({"grad_norm_d": norms, "grad_norm_g": [1.0] * 100}, window=50)
+    assert out["grad_spike_rate"] == pytest.approx(1 / 99)
+
+
+def test_divergence_gives_inf_score_never_nan():
+    trace = {"d_loss": [0.5, float("nan")], "g_loss": [1.0, 1.0], "grad_norm_d": [1, 1], "grad_norm_g": [1, 1]}
+    out = stability_score(trace, window=10)
+    assert out["diverged"] == 1.0 and out["stability_score"] == math.inf
+
+
+def test_calm_trace_scores_better_than_oscillating_one():
+    calm = {"d_loss": [0.7] * 50, "g_loss": [1.0] * 50, "d_sign_real": [0.6] * 50,
+            "grad_norm_d": [1.0] * 50, "grad_norm_g": [1.0] * 50}
+    wild = {**calm, "d_loss": [0.1, 1.5] * 25, "d_sign_real": [1.0] * 50}
+    assert stability_score(calm, 50)["stability_score"] < stability_score(wild, 50)["stability_score"]

@@ -1,0 +1,69 @@
+"""The whole DAG on configs/smoke.yaml with real Ray Train, Ray Tune and MLflow (SQLite in a temp dir)."""
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+STAGES = ("prepare", "train", "tune", "evaluate", "promote")
+
+
+def test_every_stage_is_a_child_run_with_metrics(smoke_run):
+    s = smoke_run["summary"]
+    client = MlflowClient(s["tracking_uri"])
+    parent = client.get_run(s["parent_run_id"])
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{s['parent_run_id']}'")
+    by_stage = {r.data.tags.get("stage"): r for r in children if "stage" in r.data.tags}
+    assert set(by_stage) == set(STAGES)
+    assert by_stage["prepare"].data.metrics["imbalance_ratio"] > 5
+    assert {"d_loss", "g_loss", "rec_loss", "images_per_s"} <= set(by_stage["train"].data.metrics)
+    assert "best_stability_score" in by_stage["tune"].data.metrics
+    assert {"fcd", "fcd_real_vs_real", "class_kl", "d_fgsm_accuracy"} <= set(by_stage["evaluate"].data.metrics)
+    assert "promoted" in by_stage["promote"].data.metrics
+    for run in by_stage.values():
+        assert run.info.status == "FINISHED"
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert "config.yaml" in artifacts
+    assert {"class_histogram.png", "manifest.json"} <= {a.path for a in client.list_artifacts(by_stage["prepare"].info.run_id)}
+    assert "samples.png" in {a.path for a in client.list_artifacts(by_stage["evaluate"].info.run_id)}
+    assert by_stage["train"].data.tags["upstream.prepare"] == by_stage["prepare"].info.run_id
+
+
+def test_tune_trials_are_child_runs_of_the_tune_run(smoke_run):
+    s = smoke_run["summary"]
+    client = MlflowClient(s["tracking_uri"])
+    tune_id = s["stage_run_ids"]["tune"]
+    trials = client.search_runs([client.get_run(tune_id).info.experiment_id],
+                                filter_string=f"tags.mlflow.parentRunId = '{tune_id}'")
+    assert len(trials) >= 4
+    assert all("train.lr_g" in t.data.params for t in trials)
+
+
+def test_model_is_registered_as_challenger_and_loads(smoke_run):
+    s = smoke_run["summary"]
+    mlflow.set_tracking_uri(s["tracking_uri"])
+    name = s["model_name"]
+    version = MlflowClient().get_model_version_by_alias(name, "challenger")
+    assert str(version.version) == str(s["model_version"])
+    model = mlflow.pyfunc.load_model(f"models:/{name}@challenger")
+    images = model.predict(pd.DataFrame({"label": [0, 3, 9], "seed": [1, 2, 3]}))
+    assert images.shape == (3, 1, 32, 32) and images.dtype == np.float32
+    assert images.min() >= -1 and images.max() <= 1
+
+
+def test_summary_reports_the_key_numbers(smoke_run):
+    s = smoke_run["summary"]
+    assert s["tracking_uri"].startswith("sqlite:///")
+    assert s["metrics"]["fcd_real_vs_real"] > 0 and np.isfinite(s["metrics"]["fcd"])
+    assert "challenger" in s["aliases"]
+
+
+def test_rerun_with_no_change_runs_no_stage(smoke_run):
+    from pipeline.runner import run_pipeline
+
+    again = run_pipeline(smoke_run["cfg"])
+    assert again["cached"] == list(STAGES)
+    assert again["model_version"] == smoke_run["summary"]["model_version"]
