@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -26,7 +27,7 @@ class GeneratorPyfunc(mlflow.pyfunc.PythonModel):
         self.generator.eval()
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
-        labels = torch.as_tensor(model_input["label"].to_numpy(), dtype=torch.long)
+        labels = torch.tensor(model_input["label"].to_numpy(), dtype=torch.long)
         seeds = model_input["seed"].to_numpy() if "seed" in model_input else np.arange(len(labels))
         z = torch.stack([torch.randn(self.generator.z_dim, generator=torch.Generator().manual_seed(int(s)))
                          for s in seeds])
@@ -49,11 +50,15 @@ def log_generator(G: Generator, arch: dict, artifact_name: str = "generator"):
                                 "seed": np.arange(min(4, arch["num_classes"]), dtype=np.int64)})
         model = GeneratorPyfunc()
         model.generator = G.eval()
-        signature = mlflow.models.infer_signature(example, model.predict(None, example))
+        with warnings.catch_warnings():  # labels are integers by design; missing values are not valid input
+            warnings.filterwarnings("ignore", message=".*integer column.*")
+            signature = mlflow.models.infer_signature(example, model.predict(None, example))
         components_dir = Path(__file__).resolve().parent
-        return mlflow.pyfunc.log_model(name=artifact_name, python_model=model, artifacts={"generator": str(weights)},
-                                       signature=signature, input_example=example,
-                                       code_paths=[str(components_dir)])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*integer column.*")
+            return mlflow.pyfunc.log_model(name=artifact_name, python_model=model,
+                                           artifacts={"generator": str(weights)}, signature=signature,
+                                           input_example=example, code_paths=[str(components_dir)])
 
 
 def check_gates(evaluation: dict, gates: dict, champion_evaluation: dict | None) -> list[dict]:

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from components.config_base import Section, build
 from components.data.config import DataConfig
@@ -59,6 +59,8 @@ class TuneConfig(Section):
     scheduler: Literal["asha", "none"] = Field("asha", description="Early stopping of unstable trials.")
     search_space: dict[str, SearchDim] = Field(default_factory=dict, description="Dotted key -> dimension.")
     weights: StabilityWeights = Field(default_factory=StabilityWeights)
+    warm_start: bool = Field(
+        True, description="Trials continue from the train stage's checkpoint for `steps` more steps.")
     handoff: Literal["best_trial", "retrain"] = Field(
         "best_trial", description="Candidate model: the best trial's checkpoint, or a full retrain.")
     seed: int = Field(0, description="Seed of the search algorithm.")
@@ -72,6 +74,13 @@ class TuneConfig(Section):
             if section not in sections or field not in sections[section].model_fields:
                 raise ValueError(f"unknown tunable key {key!r}; use train.*, loss.* or model.* fields")
         return space
+
+    @model_validator(mode="after")
+    def _warm_start_keeps_architecture(self) -> "TuneConfig":
+        if self.warm_start and any(k.startswith("model.") for k in self.search_space):
+            raise ValueError("warm_start: trials that resume the trained networks cannot search model.* keys; "
+                             "set tune.warm_start=false")
+        return self
 
 
 class EvaluateConfig(Section):

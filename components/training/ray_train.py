@@ -55,7 +55,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if resumed is not None:
         with resumed.as_directory() as d:
             restore_state(state, load_checkpoint(d))
-        apply_hyperparameters(state, cfg.lr_g, cfg.lr_d)
+        apply_hyperparameters(state, cfg)
 
     mlflow_cfg = loop_config.get("mlflow")
     logger = MlflowRunLogger(mlflow_cfg["tracking_uri"], mlflow_cfg["run_id"]) if rank == 0 and mlflow_cfg else None

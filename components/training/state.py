@@ -54,9 +54,9 @@ def make_state(model_cfg: ModelConfig, cfg: TrainConfig, data: SplitTensors, num
     return GanState(G, D, G_ema, opt_g, opt_d, sampler, noise, num_classes, label_probs, device)
 
 
-def apply_hyperparameters(state: GanState, lr_g: float, lr_d: float) -> None:
-    """Set optimiser learning rates; called after every restore so mutated values (PBT) win over saved ones."""
-    for group in state.opt_g.param_groups:
-        group["lr"] = lr_g
-    for group in state.opt_d.param_groups:
-        group["lr"] = lr_d
+def apply_hyperparameters(state: GanState, cfg: TrainConfig) -> None:
+    """Re-apply optimiser settings after a restore, so the config's (possibly mutated) values win over the
+    ones saved in the optimiser state. Ray's PBT-DCGAN example misses this and keeps the saved lr."""
+    for opt, lr, betas in ((state.opt_g, cfg.lr_g, cfg.betas_g), (state.opt_d, cfg.lr_d, cfg.betas_d)):
+        for group in opt.param_groups:
+            group.update(lr=lr, betas=tuple(betas), weight_decay=cfg.weight_decay)

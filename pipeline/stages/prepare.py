@@ -5,6 +5,8 @@ Writes: data/*.parquet, data/manifest.json, class_histogram.png, real_samples.pn
 """
 from __future__ import annotations
 
+import warnings
+
 import mlflow
 import torch
 
@@ -47,6 +49,8 @@ def _log_dataset(data_dir, manifest: dict) -> None:
 
     first = data_dir / manifest["files"]["train"][0]
     frame = pq.read_table(first, columns=["label", "sample_id", "split"]).to_pandas()
-    dataset = mlflow.data.from_pandas(frame, source=str(data_dir), name=f"{manifest['source']['name']}-prepared",
-                                      digest=manifest["digest"][:32])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*integer column.*")
+        dataset = mlflow.data.from_pandas(frame, source=str(data_dir),
+                                          name=f"{manifest['source']['name']}-prepared", digest=manifest["digest"][:32])
     mlflow.log_input(dataset, context="training")

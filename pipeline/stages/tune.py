@@ -6,6 +6,8 @@ Writes: results.csv, best_config.json, candidate/checkpoint.pt (best trial or re
 from __future__ import annotations
 
 import copy
+import logging
+import os
 import json
 import math
 import shutil
@@ -57,15 +59,20 @@ def tune_trial(trial: dict, base: dict, campaign: dict) -> None:
     """One trial in the trial process: the same train_steps loop, reporting stability every interval."""
     from ray import tune
 
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no per-checkpoint chatter; we print progress
     torch.set_num_threads(1)
     config = merge_trial(base, trial)
-    config["train"].update(steps=campaign["steps"], report_every=campaign["report_every"])
+    config["train"]["report_every"] = campaign["report_every"]
     state, cfg, loss = build_worker_state(config, rank=0, world=1)
+    warm = load_checkpoint(campaign["warm_start_checkpoint"]) if campaign["warm_start_checkpoint"] else None
     resumed = tune.get_checkpoint()
-    if resumed is not None:
+    if resumed is not None:  # Tune restarted this trial: continue it
         with resumed.as_directory() as d:
             restore_state(state, load_checkpoint(d))
-        apply_hyperparameters(state, cfg.lr_g, cfg.lr_d)  # the trial's (possibly mutated) values win
+    elif warm is not None:  # continue the train stage's networks under this trial's settings
+        restore_state(state, warm)
+    apply_hyperparameters(state, cfg)  # the trial's (possibly mutated) values win over the saved ones
+    cfg = cfg.model_copy(update={"steps": (int(warm["step"]) if warm else 0) + campaign["steps"]})
     w = campaign["weights"]
 
     def on_report(st, metrics):
@@ -88,8 +95,11 @@ def run_campaign(ctx: StageContext, base: dict):
     from ray.tune.schedulers import ASHAScheduler
 
     tc = ctx.cfg.tune
+    # Trials checkpoint only at their end; Tune's "snapshotting too often" hint does not apply.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    warm = ctx.input("train") / CHECKPOINT_FILE if tc.warm_start else None
     campaign = {"steps": tc.steps, "report_every": tc.report_every, "window": tc.window,
-                "weights": tc.weights.model_dump()}
+                "weights": tc.weights.model_dump(), "warm_start_checkpoint": str(warm) if warm else None}
     max_t = max(1, math.ceil(tc.steps / tc.report_every))
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=max(1, max_t // 4),
                               reduction_factor=2) if tc.scheduler == "asha" else None
