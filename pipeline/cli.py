@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr_g=1e-4")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and the plan, then exit")
     run.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun STAGE even if cached")
+    run.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (listed in the log)")
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
 
@@ -36,7 +37,8 @@ def cmd_run(args) -> int:
     from pipeline.config import dump_config, load_config
     from pipeline.dag import describe, stage_names
 
-    cfg = load_config(args.config, env_overrides() + args.set)
+    flags = ["data.skip_corrupt=true"] if args.skip_corrupt else []
+    cfg = load_config(args.config, env_overrides() + flags + args.set)
     unknown = sorted(set(args.force) - set(stage_names()))
     if unknown:
         raise UserError(f"--force {unknown[0]}: no such stage; choose from {', '.join(stage_names())}")

@@ -15,12 +15,13 @@ class Stage:
     fn: Callable
     inputs: tuple[str, ...]
     sections: tuple[str, ...]
+    needs_ray: bool = False
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("prepare", prepare.run, (), ("data",)),
-    Stage("train", train.run, ("prepare",), ("data", "model", "loss", "train")),
-    Stage("tune", tune.run, ("prepare", "train"), ("data", "model", "loss", "train", "tune")),
+    Stage("train", train.run, ("prepare",), ("data", "model", "loss", "train"), needs_ray=True),
+    Stage("tune", tune.run, ("prepare", "train"), ("data", "model", "loss", "train", "tune"), needs_ray=True),
     Stage("evaluate", evaluate.run, ("prepare", "tune"), ("evaluate",)),
     Stage("promote", promote.run, ("evaluate", "tune"), ("promote",)),
 )

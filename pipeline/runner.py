@@ -85,7 +85,7 @@ def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset()) -> dict:
     work = Path(cfg.work_dir).resolve()
     code = source_digest()
     tracking_uri, _ = setup_tracking(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
-    started_ray = ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
+    started_ray = False  # Ray starts with the first stage that needs it, so bad data fails fast
     records: dict[str, dict] = {}
     try:
         with mlflow.start_run(run_name=f"{cfg.name}-pipeline") as parent:
@@ -105,6 +105,8 @@ def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset()) -> dict:
                     continue
                 print(f"[{i}/{len(STAGES)}] {stage.name}: running (fingerprint {fp[:12]})", flush=True)
                 upstream_runs = {u: records[u]["run_id"] for u in stage.inputs}
+                if stage.needs_ray:
+                    started_ray = ensure_ray(cfg.ray.address, cfg.ray.num_cpus) or started_ray
                 records[stage.name] = _run_stage(cfg, stage, fp, final, inputs, tracking_uri, parent.info.run_id,
                                                  upstream_runs, code, stage.name in force)
                 print(f"[{i}/{len(STAGES)}] {stage.name}: done in {records[stage.name]['seconds']:.1f}s", flush=True)

@@ -1,6 +1,7 @@
 """The MLflow edge of the pipeline: resolve the tracking URI, find the experiment, open runs."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -28,6 +29,8 @@ def artifact_location(root: str) -> str:
 def setup_tracking(uri: str, experiment: str, artifact_root: str) -> tuple[str, str]:
     """Point MLflow at `uri`, create the experiment if needed; returns (absolute uri, experiment id)."""
     uri = absolute_tracking_uri(uri)
+    for noisy in ("mlflow.store.db.utils", "alembic", "mlflow.tracking.fluent"):  # schema-migration chatter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # inherited by Ray workers started from this process
     exp = mlflow.get_experiment_by_name(experiment)

@@ -11,8 +11,14 @@ from components.config_base import Section
 class DataConfig(Section):
     """How to turn an image source into validated Parquet shards, and how to read them back."""
 
-    source: Literal["digits"] = Field("digits", description="Image source; `digits` is sklearn's bundled set.")
+    source: Literal["digits", "image_folder", "parquet", "cifar", "mnist_idx"] = Field(
+        "digits", description="Image source; `digits` is sklearn's bundled set.")
     path: str | None = Field(None, description="Local path of the source, for file-based sources.")
+    image_column: str = Field("image", description="Parquet column with encoded bytes or a uint8 array.")
+    label_column: str = Field("label", description="Parquet column with integer labels.")
+    image_shape: list[int] | None = Field(None, description="[H, W, C] of array images in Parquet.")
+    num_classes: int | None = Field(None, ge=2, description="Number of classes; labels must lie in [0, C).")
+    skip_corrupt: bool = Field(False, description="Skip unreadable images instead of failing.")
     resolution: Literal[32, 64] = Field(32, description="Square output size in pixels.")
     channels: Literal[1, 3] = Field(1, description="Output channels: 1 (gray) or 3 (RGB).")
     imbalance_ratio: float = Field(1.0, ge=1.0, description="Long-tail rho: n_c = n_max * rho^(-c/(C-1)); 1 keeps all.")

@@ -127,6 +127,12 @@ def _trial_rows(results) -> list[dict]:
     return rows
 
 
+def pick_best(rows: list[dict]) -> dict:
+    """Lowest score among trials that ran to the end (ASHA judged the stopped ones worse at their rung)."""
+    finished = [r for r in rows if r["checkpoint"] is not None and math.isfinite(r["score"])]
+    return min(finished or rows, key=lambda r: (r["score"], r["trial"]))
+
+
 def _log_trials(rows: list[dict]) -> None:
     """Each trial becomes one child run of the tune stage's run, with its metrics by step."""
     for row in rows:
@@ -157,7 +163,7 @@ def run(ctx: StageContext) -> dict:
     data_dir = ctx.input("prepare") / "data"
     base = loop_config(ctx, data_dir)
     rows = _trial_rows(run_campaign(ctx, base))
-    best = min(rows, key=lambda r: (r["score"], r["trial"]))
+    best = pick_best(rows)
     for r in rows:
         print(f"  tune trial {r['trial']}: {json.dumps(r['config'])} score {r['score']:.4g}"
               f"{'  <- best' if r is best else ''}", flush=True)

@@ -1,0 +1,153 @@
+"""Array-file sources: Parquet tables, CIFAR python pickles (restricted), MNIST IDX files."""
+from __future__ import annotations
+
+import gzip
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from components.data.sources import RawImages, _collect, _require_path
+from components.errors import UserError
+
+
+def _parquet_files(path: Path) -> list[Path]:
+    files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
+    if not files:
+        raise UserError(f"no .parquet files in {path}")
+    return files
+
+
+def load_parquet(cfg) -> RawImages:
+    """Parquet with an image column (encoded bytes, or a fixed-shape uint8 array) and an integer label column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images, labels, skipped, resized = [], [], [], 0
+    for file in _parquet_files(_require_path(cfg)):
+        table = pq.read_table(file)
+        missing = [c for c in (cfg.image_column, cfg.label_column) if c not in table.column_names]
+        if missing:
+            raise UserError(f"{file}: missing column(s) {missing}; it has {table.column_names}. "
+                            "Set data.image_column / data.label_column")
+        label_type = table.schema.field(cfg.label_column).type
+        if not pa.types.is_integer(label_type):
+            raise UserError(f"{file}: label column '{cfg.label_column}' has type {label_type}; labels must be "
+                            "integers (map class names to 0..C-1 first)")
+        col = table.column(cfg.image_column)
+        file_labels = table.column(cfg.label_column).to_numpy()
+        if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+            raw = _collect([(b, int(y), f"{file} row {i}") for i, (b, y) in enumerate(zip(col.to_pylist(), file_labels))],
+                           cfg, str(file), [])
+            images.append(raw.images_nhwc)
+            labels.append(raw.labels)
+            skipped += raw.skipped
+            resized += raw.resized
+        else:
+            images.append(_fixed_shape_rows(file, table, cfg))
+            labels.append(file_labels.astype(np.int64))
+    labels_all = np.concatenate(labels)
+    names = [str(c) for c in range(int(labels_all.max()) + 1)] if len(labels_all) else []
+    return RawImages(np.concatenate(images), labels_all, names, f"parquet {cfg.path}", skipped, resized)
+
+
+def _fixed_shape_rows(file: Path, table, cfg) -> np.ndarray:
+    """Rows of a list<uint8> column reshaped to (H, W, C); every row must match the declared shape."""
+    meta = (table.schema.metadata or {}).get(b"image_shape_hwc")
+    shape = tuple(cfg.image_shape or (json.loads(meta) if meta else ()))
+    if not shape:
+        raise UserError(f"{file}: column '{cfg.image_column}' holds arrays but no shape is known; "
+                        "set data.image_shape: [H, W, C]")
+    want = int(np.prod(shape))
+    rows = table.column(cfg.image_column).to_pylist()
+    for i, row in enumerate(rows):
+        if row is None or len(row) != want:
+            got = 0 if row is None else len(row)
+            raise UserError(f"{file} row {i}: image has {got} values but data.image_shape {list(shape)} needs {want}")
+    return np.asarray(rows, dtype=np.uint8).reshape(len(rows), *shape)
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Builds only numpy arrays and plain containers: any other global is refused before it is called."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
+        return super().find_class(module, name)
+
+
+def _load_cifar_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return RestrictedUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as err:
+        raise UserError(f"{path}: refused to unpickle ({err}); CIFAR batches hold only arrays, lists and "
+                        "strings, so this file is not a genuine CIFAR batch") from None
+    except (EOFError, ValueError) as err:
+        raise UserError(f"{path}: truncated or corrupt CIFAR batch ({type(err).__name__})") from None
+
+
+def load_cifar(cfg) -> RawImages:
+    """CIFAR-10 (data_batch_1..5) or CIFAR-100 (train) python-version batches from a local folder."""
+    root = _require_path(cfg)
+    batches = sorted(root.glob("data_batch_*")) or sorted(root.glob("train"))
+    if not batches:
+        raise UserError(f"{root}: no CIFAR training batches (data_batch_* or train)")
+    images, labels = [], []
+    for path in batches:
+        batch = _load_cifar_pickle(path)
+        key = b"labels" if b"labels" in batch else b"fine_labels"
+        if b"data" not in batch or key not in batch:
+            raise UserError(f"{path}: not a CIFAR batch (needs b'data' and b'labels' or b'fine_labels')")
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # rows are CHW-flattened
+        labels.append(np.asarray(batch[key], dtype=np.int64))
+    meta_path = next((p for p in (root / "batches.meta", root / "meta") if p.exists()), None)
+    labels_all = np.concatenate(labels)
+    names = [str(c) for c in range(int(labels_all.max()) + 1)]
+    if meta_path is not None:
+        meta = _load_cifar_pickle(meta_path)
+        raw_names = meta.get(b"label_names") or meta.get(b"fine_label_names")
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw_names] if raw_names else names
+    return RawImages(np.concatenate(images), labels_all, names, f"CIFAR batches in {root}")
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        raise UserError(f"{path}: unreadable IDX file ({err})") from None
+    if len(raw) < 8 or int.from_bytes(raw[:4], "big") != magic:
+        raise UserError(f"{path}: not an IDX file with magic {magic}")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise UserError(f"{path}: truncated IDX file ({body.size} of {int(np.prod(dims))} values)")
+    return body.reshape(dims)
+
+
+def _find(root: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (root / name).exists():
+            return root / name
+    raise UserError(f"{root}: missing {stem}[.gz] (MNIST/Fashion-MNIST IDX training files)")
+
+
+def load_mnist_idx(cfg) -> RawImages:
+    """MNIST / Fashion-MNIST IDX training files, raw or .gz."""
+    root = _require_path(cfg)
+    images = _read_idx(_find(root, "train-images-idx3-ubyte"), 2051)
+    labels = _read_idx(_find(root, "train-labels-idx1-ubyte"), 2049).astype(np.int64)
+    if len(images) != len(labels):
+        raise UserError(f"{root}: {len(images)} images but {len(labels)} labels")
+    return RawImages(images[..., None], labels, [str(c) for c in range(int(labels.max()) + 1)], f"IDX files in {root}")
