@@ -25,7 +25,26 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun STAGE even if cached")
     run.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (listed in the log)")
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+
+    promote = _registry_parser(sub, "promote", "judge a registered version by the gates; move aliases")
+    promote.add_argument("--version", required=True, help="model version to judge")
+    promote.add_argument("--dry-run", action="store_true", help="decide, but move no alias")
+    _registry_parser(sub, "rollback", "move champion back to previous-champion")
+    gen = _registry_parser(sub, "generate", "write a per-class sample grid from a registered model")
+    gen.add_argument("--per-class", type=int, default=8, help="samples per class")
+    gen.add_argument("--seed", type=int, default=0, help="first noise seed")
+    gen.add_argument("--out", default="grid.png", help="output PNG")
     return parser
+
+
+def _registry_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("--model", required=True,
+                   help="registered model name (generate: a URI such as models:/NAME@champion)")
+    p.add_argument("--config", default="configs/default.yaml", help="config for tracking URI and gates")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    return p
 
 
 def env_overrides(environ=os.environ) -> list[str]:
@@ -73,6 +92,21 @@ def print_summary(s: dict) -> None:
         print(f"browse              : mlflow ui --backend-store-uri {uri}")
 
 
+def _with_config(fn):
+    def run(args) -> int:
+        from pipeline.config import load_config
+
+        return fn(args, load_config(args.config, env_overrides() + args.set))
+    return run
+
+
+def _registry_commands() -> dict:
+    from pipeline import registry_commands as rc
+
+    return {"promote": _with_config(rc.cmd_promote), "rollback": _with_config(rc.cmd_rollback),
+            "generate": _with_config(rc.cmd_generate)}
+
+
 COMMANDS = {"run": cmd_run}
 
 
@@ -80,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_ray_on_loopback()
     args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return {**COMMANDS, **_registry_commands()}[args.command](args)
     except UserError as err:
         if args.debug:
             raise

@@ -97,6 +97,7 @@ class GatesConfig(Section):
 
     max_fcd: float | None = Field(None, gt=0.0, description="Maximum classifier-feature Frechet distance.")
     max_class_kl: float | None = Field(None, ge=0.0, description="Maximum KL(generated classes || uniform).")
+    min_tail_recall: float | None = Field(None, ge=0.0, le=1.0, description="Minimum recall of the rarest third.")
     min_d_fgsm_accuracy: float | None = Field(None, ge=0.0, le=1.0, description="Minimum D accuracy under FGSM.")
     require_no_divergence: bool = Field(True, description="Training must not have diverged.")
     min_improvement: float = Field(0.0, ge=0.0, description="Must beat the champion's FCD by this margin.")

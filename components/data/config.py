@@ -31,6 +31,9 @@ class DataConfig(Section):
         "effective", description="Class weights used by `reweight`.")
     effective_beta: float = Field(0.999, gt=0.0, lt=1.0, description="Beta of the effective number of samples.")
     rows_per_shard: int = Field(4096, gt=0, description="Rows per Parquet file.")
+    reader: Literal["local", "ray_data"] = Field(
+        "local", description="`local`: each worker reads every shard (small data, exact class balance); "
+                             "`ray_data`: ray.data.read_parquet with one shard per Ray Train worker.")
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> "DataConfig":

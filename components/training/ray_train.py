@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from components.data.reader import load_split
+from components.data.ray_reader import ray_dataset, shard_tensors
+from components.data.reader import SplitTensors, load_split
 from components.data.shards import read_manifest
 from components.losses import GANLoss, LossConfig
 from components.models import ModelConfig
@@ -19,12 +20,13 @@ from components.training.mlflow_logger import MlflowRunLogger
 from components.training.state import apply_hyperparameters, make_state
 
 
-def build_worker_state(loop_config: dict, rank: int, world: int, wrap=lambda m: m, device=torch.device("cpu")):
-    """Configs, data and GanState for one rank, from the plain-dict loop config."""
+def build_worker_state(loop_config: dict, rank: int, world: int, wrap=lambda m: m, device=torch.device("cpu"),
+                       data: SplitTensors | None = None):
+    """Configs, data and GanState for one rank, from the plain-dict loop config (data: this rank's shard)."""
     model_cfg = ModelConfig(**loop_config["model"])
     train_cfg = TrainConfig(**loop_config["train"])
     manifest = read_manifest(loop_config["data_dir"])
-    data = load_split(loop_config["data_dir"], "train")
+    data = data if data is not None else load_split(loop_config["data_dir"], "train")
     rebalance = loop_config["rebalance"]
     weights = manifest["train_statistics"]["weights"][loop_config["weight_scheme"]]
     state = make_state(model_cfg, train_cfg, data, manifest["num_classes"], rebalance, weights, rank, world,
@@ -50,7 +52,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
         return ray.train.torch.prepare_model(module) if world > 1 else module.to(device)
 
-    state, cfg, loss = build_worker_state(loop_config, rank, world, wrap, device)
+    shard = None
+    if loop_config.get("reader") == "ray_data":
+        shape = read_manifest(loop_config["data_dir"])["image_shape_hwc"]
+        shard = shard_tensors(ray.train.get_dataset_shard("train"), shape)
+    state, cfg, loss = build_worker_state(loop_config, rank, world, wrap, device, shard)
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as d:
@@ -98,9 +104,11 @@ def run_torch_trainer(loop_config: dict, storage_path: Path, run_name: str):
     from ray.train.torch import TorchTrainer
 
     cfg = TrainConfig(**loop_config["train"])
+    datasets = {"train": ray_dataset(loop_config["data_dir"], "train")} if loop_config.get("reader") == "ray_data" else None
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
+        datasets=datasets,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.threads_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}),
         run_config=RunConfig(

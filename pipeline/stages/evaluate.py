@@ -69,6 +69,13 @@ def d_accuracy_under_fgsm(D, real, y_real, fake, y_fake, eps: float) -> dict[str
             "d_fgsm_accuracy_real": float(adv_real), "d_fgsm_accuracy_fake": float(adv_fake)}
 
 
+def head_and_tail(train_counts: list[int]) -> tuple[list[int], list[int]]:
+    """Classes in the most frequent third and the rarest third of the training split (at least one each)."""
+    order = sorted(range(len(train_counts)), key=lambda c: (-train_counts[c], c))
+    third = max(1, len(order) // 3)
+    return order[:third], order[-third:]
+
+
 def load_heldout(data_dir: Path, manifest: dict) -> SplitTensors:
     """val and test splits together: the real reference that training never saw."""
     splits = [load_split(data_dir, s) for s in ("val", "test") if s in manifest["files"]]
@@ -105,6 +112,10 @@ def run(ctx: StageContext) -> dict:
         "train_steps": int(ckpt["step"]),
     }
     result["fcd_ratio"] = result["fcd"] / max(result["fcd_real_vs_real"], 1e-9)
+    result["data_digest"] = manifest["digest"]
+    head, tail = head_and_tail(manifest["class_counts"]["train"])
+    result["head_recall"] = float(np.mean([result[f"recall_class_{c}"] for c in head]))
+    result["tail_recall"] = float(np.mean([result[f"recall_class_{c}"] for c in tail]))
 
     # Section: robustness of D (held-out real vs fresh fakes of the same labels).
     n = min(len(held.labels), 256)

@@ -23,7 +23,7 @@ def loop_config(ctx: StageContext, data_dir: Path, train_overrides: dict | None 
     train = {**cfg.train.model_dump(), **(train_overrides or {})}
     return {
         "model": cfg.model.model_dump(), "loss": cfg.loss.model_dump(), "train": train,
-        "data_dir": str(data_dir.resolve()), "rebalance": cfg.data.rebalance, "weight_scheme": cfg.data.weight_scheme,
+        "data_dir": str(data_dir.resolve()), "rebalance": cfg.data.rebalance, "weight_scheme": cfg.data.weight_scheme, "reader": cfg.data.reader,
         "mlflow": {"tracking_uri": ctx.tracking_uri, "run_id": ctx.run_id},
         "resolved_config": {**cfg.model_dump(mode="json"), "train": train},
     }

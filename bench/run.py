@@ -1,0 +1,10 @@
+"""`make bench`: run every benchmark; each writes its JSON under bench/results/."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import data_bench  # noqa: E402
+
+if __name__ == "__main__":
+    data_bench.main()
