@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr_g=1e-4")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and the plan, then exit")
     run.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun STAGE even if cached")
+    run.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun STAGE and everything downstream")
+    run.add_argument("--only", metavar="STAGE", help="run just STAGE (its upstream outputs must be cached)")
     run.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (listed in the log)")
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
@@ -58,20 +60,29 @@ def cmd_run(args) -> int:
 
     flags = ["data.skip_corrupt=true"] if args.skip_corrupt else []
     cfg = load_config(args.config, env_overrides() + flags + args.set)
-    unknown = sorted(set(args.force) - set(stage_names()))
-    if unknown:
-        raise UserError(f"--force {unknown[0]}: no such stage; choose from {', '.join(stage_names())}")
+    from pipeline.runner import downstream_of
+
+    for flag, names in (("--force", args.force), ("--from", [args.from_stage] if args.from_stage else []),
+                        ("--only", [args.only] if args.only else [])):
+        unknown = sorted(set(names) - set(stage_names()))
+        if unknown:
+            raise UserError(f"{flag} {unknown[0]}: no such stage; choose from {', '.join(stage_names())}")
+    force = set(args.force) | (downstream_of(args.from_stage) if args.from_stage else set())
+    force |= {args.only} if args.only else set()
     if args.dry_run:
         from pipeline.runner import plan
 
         print(dump_config(cfg))
         print("DAG:\n" + describe())
-        print("Plan:\n" + "\n".join(f"  {name:<9} {status}" for name, status in plan(cfg, set(args.force))))
+        print("Plan:\n" + "\n".join(f"  {name:<9} {status}" for name, status in plan(cfg, force)))
         return 0
     from pipeline.runner import run_pipeline
 
-    summary = run_pipeline(cfg, set(args.force))
-    print_summary(summary)
+    summary = run_pipeline(cfg, force, args.only)
+    if args.only:
+        print(f"ran only {args.only}; parent run {summary['parent_run_id']}")
+    else:
+        print_summary(summary)
     return 0
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlflow
 
+from components.errors import UserError
 from pipeline.config import PipelineConfig, dump_config, flat_params
 from pipeline.dag import STAGES, Stage
 from pipeline.fingerprint import directory_digest, git_commit, source_digest, stage_fingerprint
@@ -17,6 +18,7 @@ from pipeline.stages.context import StageContext
 from pipeline.tracking import setup_tracking
 
 MARKER = "_stage.json"
+by_name = {s.name: s for s in STAGES}
 
 
 def stage_dir(work: Path, stage: Stage, fingerprint: str) -> Path:
@@ -28,6 +30,26 @@ def sections_of(cfg: PipelineConfig, stage: Stage) -> dict:
     """The resolved config sections a stage depends on."""
     dumped = cfg.model_dump(mode="json")
     return {s: dumped[s] for s in stage.sections}
+
+
+def downstream_of(name: str) -> set[str]:
+    """`name` and every stage that reads it, directly or not."""
+    out = {name}
+    for stage in STAGES:  # STAGES is in dependency order
+        if any(u in out for u in stage.inputs):
+            out.add(stage.name)
+    return out
+
+
+def stage_names_upstream(name: str) -> set[str]:
+    """Every stage `name` reads, directly or not."""
+    out, todo = set(), list(by_name[name].inputs)
+    while todo:
+        up = todo.pop()
+        if up not in out:
+            out.add(up)
+            todo.extend(by_name[up].inputs)
+    return out
 
 
 def plan(cfg: PipelineConfig, force: set[str] = frozenset()) -> list[tuple[str, str]]:
@@ -49,20 +71,26 @@ def plan(cfg: PipelineConfig, force: set[str] = frozenset()) -> list[tuple[str, 
     return rows
 
 
-def _run_stage(cfg, stage, fp, final: Path, inputs, tracking_uri, parent_id, upstream_run_ids, code,
-               forced: bool) -> dict:
+def dataset_digest(work: Path, prepare_record: dict) -> str:
+    """Content digest of the prepared data set (from its manifest)."""
+    manifest = stage_dir(work, by_name["prepare"], prepare_record["fingerprint"]) / "data" / "manifest.json"
+    return json.loads(manifest.read_text())["digest"]
+
+
+def _run_stage(cfg, stage, final: Path, inputs, tracking_uri, parent_id, lineage: dict, forced: bool) -> dict:
+    """Run one stage into a temp dir as an MLflow child run; rename the outputs into place on success."""
+    fp = lineage["fingerprint"]
     tmp = final.parent / f".tmp-{fp[:16]}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         with mlflow.start_run(run_name=stage.name, nested=True) as run:
-            mlflow.set_tags({"stage": stage.name, "fingerprint": fp, "code_version": code,
-                             **{f"upstream.{k}": v for k, v in upstream_run_ids.items()}})
-            sections = sections_of(cfg, stage)
-            mlflow.log_params(flat_params(sections))
+            mlflow.set_tags({"stage": stage.name, **lineage})
+            mlflow.log_params(flat_params(sections_of(cfg, stage)))
             mlflow.log_text(dump_config(cfg), "config.yaml")
+            upstream_runs = {k.split(".", 1)[1]: v for k, v in lineage.items() if k.startswith("upstream.")}
             ctx = StageContext(cfg, stage.name, fp, tmp, inputs, Path(cfg.work_dir).resolve(), tracking_uri,
-                               run.info.run_id, parent_id, upstream_run_ids, forced)
+                               run.info.run_id, parent_id, upstream_runs, forced)
             t0 = time.perf_counter()
             stage.fn(ctx)
             seconds = time.perf_counter() - t0
@@ -80,8 +108,11 @@ def _run_stage(cfg, stage, fp, final: Path, inputs, tracking_uri, parent_id, ups
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset()) -> dict:
-    """Run every stage in order (cached ones are skipped) under one MLflow parent run; returns a summary."""
+def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), only: str | None = None) -> dict:
+    """Run every stage in order (cached ones are skipped) under one MLflow parent run; returns a summary.
+
+    `force` reruns the named stages even if cached; `only` runs one stage, whose inputs must be cached.
+    """
     work = Path(cfg.work_dir).resolve()
     code = source_digest()
     tracking_uri, _ = setup_tracking(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
@@ -93,26 +124,35 @@ def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset()) -> dict:
             mlflow.log_params(flat_params(cfg.model_dump(mode="json")))
             mlflow.log_text(dump_config(cfg), "config.yaml")
             for i, stage in enumerate(STAGES, 1):
+                if only is not None and stage.name != only and stage.name not in stage_names_upstream(only):
+                    continue
                 upstream = {u: records[u]["digest"] for u in stage.inputs}
                 fp = stage_fingerprint(stage.name, sections_of(cfg, stage), code, upstream)
                 final = stage_dir(work, stage, fp)
-                inputs = {u: stage_dir(work, next(s for s in STAGES if s.name == u), records[u]["fingerprint"])
-                          for u in stage.inputs}
-                if (final / MARKER).exists() and stage.name not in force:
+                cached = (final / MARKER).exists()
+                if only is not None and stage.name != only and not cached:
+                    raise UserError(f"--only {only}: upstream stage '{stage.name}' has no cached outputs for this "
+                                    "config; run the pipeline without --only first")
+                if cached and stage.name not in force:
                     records[stage.name] = {**json.loads((final / MARKER).read_text()), "cached": True}
                     print(f"[{i}/{len(STAGES)}] {stage.name}: cached (fingerprint {fp[:12]}, "
                           f"run {records[stage.name]['run_id'][:12]})", flush=True)
                     continue
                 print(f"[{i}/{len(STAGES)}] {stage.name}: running (fingerprint {fp[:12]})", flush=True)
-                upstream_runs = {u: records[u]["run_id"] for u in stage.inputs}
                 if stage.needs_ray:
                     started_ray = ensure_ray(cfg.ray.address, cfg.ray.num_cpus) or started_ray
-                records[stage.name] = _run_stage(cfg, stage, fp, final, inputs, tracking_uri, parent.info.run_id,
-                                                 upstream_runs, code, stage.name in force)
+                inputs = {u: stage_dir(work, by_name[u], records[u]["fingerprint"]) for u in stage.inputs}
+                lineage = {"fingerprint": fp, "code_version": code,
+                           **{f"upstream.{u}": records[u]["run_id"] for u in stage.inputs}}
+                if "prepare" in records:
+                    lineage["dataset_digest"] = dataset_digest(work, records["prepare"])
+                records[stage.name] = _run_stage(cfg, stage, final, inputs, tracking_uri, parent.info.run_id,
+                                                 lineage, stage.name in force)
                 print(f"[{i}/{len(STAGES)}] {stage.name}: done in {records[stage.name]['seconds']:.1f}s", flush=True)
-            dataset_digest = json.loads((stage_dir(work, STAGES[0], records["prepare"]["fingerprint"])
-                                         / "data" / "manifest.json").read_text())["digest"]
-            mlflow.set_tag("dataset_digest", dataset_digest)
+            mlflow.set_tag("dataset_digest", dataset_digest(work, records["prepare"]))
+            if only is not None:
+                return {"tracking_uri": tracking_uri, "parent_run_id": parent.info.run_id, "only": only,
+                        "stage_run_ids": {k: v["run_id"] for k, v in records.items()}}
             return _summary(cfg, work, records, tracking_uri, parent.info.run_id)
     finally:
         if started_ray:
@@ -122,7 +162,6 @@ def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset()) -> dict:
 
 
 def _summary(cfg, work: Path, records: dict, tracking_uri: str, parent_id: str) -> dict:
-    by_name = {s.name: s for s in STAGES}
     evaluation = json.loads((stage_dir(work, by_name["evaluate"], records["evaluate"]["fingerprint"])
                              / "evaluation.json").read_text())
     promotion = json.loads((stage_dir(work, by_name["promote"], records["promote"]["fingerprint"])

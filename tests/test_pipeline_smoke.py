@@ -67,3 +67,35 @@ def test_rerun_with_no_change_runs_no_stage(smoke_run):
     again = run_pipeline(smoke_run["cfg"])
     assert again["cached"] == list(STAGES)
     assert again["model_version"] == smoke_run["summary"]["model_version"]
+
+
+def test_changing_lr_g_reruns_train_and_downstream_not_prepare(smoke_run):
+    from pipeline.config import load_config
+    from pipeline.runner import plan
+    from tests.conftest import REPO, smoke_overrides
+
+    changed = load_config(REPO / "configs" / "smoke.yaml", smoke_overrides(smoke_run["tmp"]) + ["train.lr_g=3e-4"])
+    assert plan(changed) == [("prepare", "cached"), ("train", "run"), ("tune", "run"), ("evaluate", "run"),
+                             ("promote", "run")]
+    assert plan(smoke_run["cfg"]) == [(s, "cached") for s in STAGES]
+
+
+def test_every_stage_run_carries_lineage_tags(smoke_run):
+    s = smoke_run["summary"]
+    client = MlflowClient(s["tracking_uri"])
+    for stage in ("train", "tune", "evaluate", "promote"):
+        tags = client.get_run(s["stage_run_ids"][stage]).data.tags
+        assert len(tags["dataset_digest"]) == 64 and len(tags["fingerprint"]) == 64
+        assert tags["code_version"] and any(k.startswith("upstream.") for k in tags)
+
+
+def test_only_reruns_one_stage_from_cached_inputs(smoke_run, capsys):
+    from pipeline.cli import main
+    from tests.conftest import REPO, smoke_overrides
+
+    args = ["run", "--config", str(REPO / "configs" / "smoke.yaml"), "--only", "evaluate"]
+    for o in smoke_overrides(smoke_run["tmp"]):
+        args += ["--set", o]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "evaluate: running" in out and "train: cached" in out and "promote" not in out
