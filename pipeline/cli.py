@@ -28,6 +28,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (listed in the log)")
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
+    submit = sub.add_parser("submit", help="run the pipeline as a Ray job on a cluster")
+    submit.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://127.0.0.1:8265")
+    submit.add_argument("--config", required=True, help="config file, relative to the repository")
+    submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    submit.add_argument("--follow", action="store_true", help="stream logs and exit with the job's status")
+    submit.add_argument("--entrypoint-cpus", type=float, default=0.0, help="CPUs reserved for the driver")
+    submit.add_argument("--image", help="container image for the job (instead of pip deps)")
+    submit.add_argument("--pip", action="append", help="pip requirement to install for the job")
+    submit.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+
     promote = _registry_parser(sub, "promote", "judge a registered version by the gates; move aliases")
     promote.add_argument("--version", required=True, help="model version to judge")
     promote.add_argument("--dry-run", action="store_true", help="decide, but move no alias")
@@ -118,7 +128,15 @@ def _registry_commands() -> dict:
             "generate": _with_config(rc.cmd_generate)}
 
 
-COMMANDS = {"run": cmd_run}
+def cmd_submit(args) -> int:
+    from pipeline.config import load_config
+    from pipeline.submit import submit
+
+    load_config(args.config, args.set)  # fail here, not on the cluster, if the config is invalid
+    return submit(args.address, args.config, args.set, args.follow, args.entrypoint_cpus, args.image, args.pip)
+
+
+COMMANDS = {"run": cmd_run, "submit": cmd_submit}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -118,6 +118,11 @@ def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), only: str |
     tracking_uri, _ = setup_tracking(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
     started_ray = False  # Ray starts with the first stage that needs it, so bad data fails fast
     records: dict[str, dict] = {}
+    # Work from the work dir: as a Ray job, the uploaded working dir can be garbage-collected under a
+    # long-running driver, and Tune resolves paths against the cwd.
+    work.mkdir(parents=True, exist_ok=True)
+    previous_cwd = os.getcwd()
+    os.chdir(work)
     try:
         with mlflow.start_run(run_name=f"{cfg.name}-pipeline") as parent:
             mlflow.set_tags({"code_version": code, "git_commit": git_commit() or "none", "pipeline": cfg.name})
@@ -155,6 +160,7 @@ def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), only: str |
                         "stage_run_ids": {k: v["run_id"] for k, v in records.items()}}
             return _summary(cfg, work, records, tracking_uri, parent.info.run_id)
     finally:
+        os.chdir(previous_cwd)
         if started_ray:
             import ray
 

@@ -21,9 +21,12 @@ def absolute_tracking_uri(uri: str) -> str:
     return uri
 
 
-def artifact_location(root: str) -> str:
-    """A local folder becomes an absolute file URI; URIs (s3://, mlflow-artifacts:) pass through."""
-    return root if "://" in root or root.startswith("mlflow-artifacts:") else Path(root).resolve().as_uri()
+def artifact_location(root: str, tracking_uri: str) -> str | None:
+    """Where a new experiment keeps artifacts. A tracking server decides itself (proxied artifacts), unless
+    a URI is given; locally, a folder becomes an absolute file URI."""
+    if "://" in root or root.startswith("mlflow-artifacts:"):
+        return root
+    return None if tracking_uri.startswith(("http://", "https://")) else Path(root).resolve().as_uri()
 
 
 def setup_tracking(uri: str, experiment: str, artifact_root: str) -> tuple[str, str]:
@@ -34,6 +37,6 @@ def setup_tracking(uri: str, experiment: str, artifact_root: str) -> tuple[str, 
     mlflow.set_tracking_uri(uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # inherited by Ray workers started from this process
     exp = mlflow.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else mlflow.create_experiment(experiment, artifact_location(artifact_root))
+    exp_id = exp.experiment_id if exp else mlflow.create_experiment(experiment, artifact_location(artifact_root, uri))
     mlflow.set_experiment(experiment_id=exp_id)
     return uri, exp_id

@@ -14,6 +14,8 @@ class TrainConfig(Section):
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP ranks).")
     use_gpu: bool = Field(False, description="Put each worker on a GPU (NCCL); false means CPU and gloo.")
     threads_per_worker: int = Field(1, ge=1, description="torch intra-op threads per worker.")
+    resources_per_worker: dict[str, float] | None = Field(
+        None, description="Ray resources per worker; default {CPU: threads_per_worker, GPU: 1 if use_gpu}.")
     steps: int = Field(1000, ge=1, description="Optimisation steps (one D step + one G step each).")
     batch_size: int = Field(64, ge=1, description="Global batch, split evenly across workers.")
     lr_g: float = Field(2e-4, gt=0.0, description="Generator learning rate (TTUR: may differ from lr_d).")

@@ -18,7 +18,8 @@ class MlflowRunLogger:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(self.prefix + k, float(v), now, step) for k, v in metrics.items() if k != "step"]
+        batch = [Metric(self.prefix + k, float(v), now, step) for k, v in metrics.items()
+                 if k != "step" and isinstance(v, (int, float))]
         self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
 
     def log_png(self, image, artifact_file: str) -> None:

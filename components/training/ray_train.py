@@ -63,6 +63,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             restore_state(state, load_checkpoint(d))
         apply_hyperparameters(state, cfg)
 
+    nodes = worker_node_ids(world)
     mlflow_cfg = loop_config.get("mlflow")
     logger = MlflowRunLogger(mlflow_cfg["tracking_uri"], mlflow_cfg["run_id"]) if rank == 0 and mlflow_cfg else None
     z_fixed = torch.randn(8, state.G_ema.z_dim, generator=torch.Generator().manual_seed(1234)).to(device)
@@ -73,6 +74,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         due = final or st.step - last_ckpt[0] >= cfg.checkpoint_every
         if rank == 0:
             print(progress_line("train", st.step, cfg.steps, cfg.batch_size, metrics), flush=True)
+        if final:
+            metrics = {**metrics, "worker_nodes": nodes}
         if logger is not None:
             logger.log_metrics(metrics, st.step)
             if final or st.step % cfg.sample_grid_every == 0:
@@ -88,6 +91,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
     train_steps(state, loss, cfg, cfg.steps, on_report)
+
+
+def worker_node_ids(world: int) -> list[str]:
+    """The Ray node id of every rank (in rank order), gathered over the process group."""
+    import ray
+    import torch.distributed as dist
+
+    mine = ray.get_runtime_context().get_node_id()
+    if world == 1 or not dist.is_initialized():
+        return [mine]
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, mine)
+    return gathered
 
 
 def progress_line(what: str, step: int, total: int, batch: int, m: dict[str, float]) -> str:
@@ -110,7 +126,8 @@ def run_torch_trainer(loop_config: dict, storage_path: Path, run_name: str):
         train_loop_config=loop_config,
         datasets=datasets,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.threads_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}),
+                                     resources_per_worker=cfg.resources_per_worker or {
+                                         "CPU": cfg.threads_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}),
         run_config=RunConfig(
             name=run_name,
             storage_path=str(Path(storage_path).resolve()),

@@ -58,7 +58,9 @@ def run(ctx: StageContext) -> dict:
     metrics = fit_and_collect(ctx, config, f"{ctx.cfg.name}-train-{ctx.fingerprint[:12]}", ctx.out_dir)
     ckpt = load_checkpoint(ctx.out_dir / CHECKPOINT_FILE)
     trace = {k: v.tolist() for k, v in ckpt["trace"].items()}
-    summary = {"final": metrics, "steps": int(ckpt["step"]), "diverged": bool(ckpt["diverged"])}
+    summary = {"final": metrics, "steps": int(ckpt["step"]), "diverged": bool(ckpt["diverged"]),
+               "worker_nodes": metrics.get("worker_nodes", [])}
+    mlflow.set_tag("worker_nodes", ",".join(summary["worker_nodes"]))
     ctx.write_json("metrics.json", summary)
     fig = line_chart({k: trace[k] for k in ("d_loss", "g_loss", "rec_loss") if k in trace},
                      "Training losses (per step)", "step")

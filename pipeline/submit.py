@@ -1,0 +1,101 @@
+"""`python -m pipeline submit`: run the pipeline as a Ray job on a cluster (a JobSubmissionClient wrapper).
+
+The Ray auth token is read from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; it is never
+printed or logged.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+
+from components.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+UPLOAD_EXCLUDES = [".venv", "mlruns", "mlartifacts", "mlflow.db", "outputs", "ray_results", ".git", "*.png",
+                   "__pycache__", ".pytest_cache"]
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                 "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def require_token(environ=os.environ) -> None:
+    """Fail in one line when no token is available; clusters started by `ray start` demand one."""
+    path = Path(environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if not environ.get("RAY_AUTH_TOKEN") and not path.is_file():
+        raise UserError("no Ray auth token: set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH, or copy the cluster's "
+                        "token to ~/.ray/auth_token (`ray get-auth-token` on the head node)")
+    environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def runtime_env(image: str | None, pip: list[str] | None) -> dict:
+    """Working dir upload (minus local outputs), tracking credentials, and pip deps or a container image."""
+    env = {"RAY_USAGE_STATS_ENABLED": "0", **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
+    spec: dict = {"working_dir": str(REPO), "excludes": UPLOAD_EXCLUDES, "env_vars": env}
+    if image:
+        spec["image_uri"] = image
+    elif pip:
+        spec["pip"] = pip
+    return spec
+
+
+def submit(address: str, config: str, overrides: list[str], follow: bool, entrypoint_cpus: float,
+           image: str | None = None, pip: list[str] | None = None) -> int:
+    """Submit, optionally stream logs, and return 0 if the job succeeded (1 if it failed or stopped)."""
+    require_token()  # before importing Ray, which reads RAY_AUTH_MODE at import time
+    logging.getLogger("ray").setLevel(logging.WARNING)  # no per-file packaging chatter
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    if not (REPO / config).is_file() and not Path(config).is_file():
+        raise UserError(f"config file not found: {config}")
+    entrypoint = " ".join(["python -m pipeline run --config", config, *[f"--set {o}" for o in overrides]])
+    submission_id = f"ganpipe-{Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        client = JobSubmissionClient(address)
+        _submit_with_retry(client, entrypoint=entrypoint, submission_id=submission_id,
+                           runtime_env=runtime_env(image, pip), entrypoint_num_cpus=entrypoint_cpus)
+    except AuthenticationError:
+        raise UserError(f"the cluster at {address} rejected the Ray auth token; use the token of that cluster "
+                        "(RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
+    except (ConnectionError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0][:200]
+        raise UserError(f"cannot submit to {address}: {first}") from None
+    print(f"submitted {submission_id} to {address}", flush=True)
+    if follow:
+        asyncio.run(_stream(client, submission_id))
+    status = _wait(client, submission_id) if follow else client.get_job_status(submission_id)
+    print(f"job {submission_id}: {status}", flush=True)
+    if not follow:
+        return 0
+    return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+def _submit_with_retry(client, attempts: int = 30, **job) -> None:
+    """A freshly started head has no job agent for a few seconds; Ray says 'try again later', so we do."""
+    for attempt in range(attempts):
+        try:
+            client.submit_job(**job)
+            return
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(2)
+
+
+async def _stream(client, submission_id: str) -> None:
+    async for lines in client.tail_job_logs(submission_id):
+        print(lines, end="", flush=True)
+
+
+def _wait(client, submission_id: str, timeout_s: float = 3600):
+    from ray.job_submission import JobStatus
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        status = client.get_job_status(submission_id)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            return status
+        time.sleep(1)
+    return client.get_job_status(submission_id)
