@@ -9,6 +9,10 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -45,3 +49,36 @@ def smoke_run(ray_cluster, tmp_path_factory):
     cfg = load_config(REPO / "configs" / "smoke.yaml", smoke_overrides(tmp))
     summary = run_pipeline(cfg)
     return {"cfg": cfg, "summary": summary, "tmp": tmp}
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """An MLflow tracking server on 127.0.0.1 started by infra/mlflow/start.sh (SQLite backend in tmp)."""
+    port = free_port()
+    env = {**os.environ, "MLFLOW": str(REPO / ".venv" / "bin" / "mlflow"), "MLFLOW_LOG": str(tmp_path / "mlflow.log")}
+    pid = int(subprocess.run([str(REPO / "infra" / "mlflow" / "start.sh"), "--port", str(port), "--backend",
+                              f"sqlite:///{tmp_path / 'server.db'}", "--artifacts", str(tmp_path / "server-art")],
+                             env=env, capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip())
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("MLflow server did not start: " + (tmp_path / "mlflow.log").read_text()[-500:])
+        yield uri
+    finally:
+        subprocess.run(["pkill", "-TERM", "-P", str(pid)], check=False)
+        os.kill(pid, 15)
+
+

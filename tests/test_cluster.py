@@ -1,11 +1,8 @@
 """Beyond one machine, on loopback: a 2-node Ray cluster (token auth on), a local MLflow server, and the
 smoke pipeline submitted as a Ray job."""
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
@@ -15,35 +12,6 @@ sys.path.insert(0, str(REPO / "infra" / "local"))
 import cluster  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
-    env = {**os.environ, "MLFLOW": str(REPO / ".venv" / "bin" / "mlflow"), "MLFLOW_LOG": str(tmp_path / "mlflow.log")}
-    pid = int(subprocess.run([str(REPO / "infra" / "mlflow" / "start.sh"), "--port", str(port), "--backend",
-                              f"sqlite:///{tmp_path / 'server.db'}", "--artifacts", str(tmp_path / "server-art")],
-                             env=env, capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip())
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("MLflow server did not start: " + (tmp_path / "mlflow.log").read_text()[-500:])
-        yield uri
-    finally:
-        subprocess.run(["pkill", "-TERM", "-P", str(pid)], check=False)
-        os.kill(pid, 15)
 
 
 @pytest.fixture
