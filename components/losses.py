@@ -64,13 +64,15 @@ def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tenso
 
 @dataclass
 class Batch:
-    """One step's inputs: real x (B,C,H,W), labels y (B,), weights w (B,), noise z (B',Z), labels y_fake (B',)."""
+    """One step's inputs: real x (B,C,H,W), labels y (B,), weights w (B,), noise z (B',Z), labels y_fake (B'),
+    and eps (B,Z), the reparameterisation noise of the encoder's posterior (None: drawn inside G)."""
 
     x: torch.Tensor
     y: torch.Tensor
     w: torch.Tensor
     z: torch.Tensor
     y_fake: torch.Tensor
+    eps: torch.Tensor | None = None
 
 
 class GANLoss:
@@ -99,7 +101,7 @@ class GANLoss:
 
     def g_loss(self, G, D, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """lambda_rec * MSE + lambda_adv * adversarial (reconstructions and samples) + lambda_kl * KL."""
-        rec, fake, mu, logvar = G(batch.x, batch.y, batch.z, batch.y_fake)
+        rec, fake, mu, logvar = G(batch.x, batch.y, batch.z, batch.y_fake, batch.eps)
         logits = D(torch.cat([rec, fake]), torch.cat([batch.y, batch.y_fake]))
         rec_l, fake_l = logits.split([len(rec), len(fake)])
         adv = 0.5 * (_wmean(g_adversarial(self.cfg.objective, rec_l), batch.w)

@@ -86,3 +86,19 @@ def test_reports_carry_the_documented_metrics(data_dir):
     needed = {"d_loss", "g_loss", "rec_loss", "d_real", "d_fake", "d_acc_real", "d_acc_fake", "grad_norm_d",
               "grad_norm_g", "lr_g", "lr_d", "images_per_s"}
     assert needed <= set(reports[-1]) and all(math.isfinite(reports[-1][k]) for k in needed)
+
+
+def test_restored_optimisers_take_the_new_hyperparameters(data_dir, tmp_path):
+    # Ray's PBT-DCGAN example restores the optimiser state and silently keeps the old lr; we re-apply.
+    from components.training.state import apply_hyperparameters
+
+    config = smoke_loop_config(data_dir, lr_g=2e-4, lr_d=2e-4)
+    state, _, _ = fresh_state(config)
+    save_checkpoint(state, tmp_path, config["resolved_config"])
+    mutated = smoke_loop_config(data_dir, lr_g=5e-3, lr_d=1e-5, weight_decay=0.01)
+    resumed, cfg, _ = fresh_state(mutated)
+    restore_state(resumed, load_checkpoint(tmp_path))
+    assert resumed.opt_g.param_groups[0]["lr"] == 2e-4  # what the saved state says
+    apply_hyperparameters(resumed, cfg)
+    assert resumed.opt_g.param_groups[0]["lr"] == 5e-3 and resumed.opt_d.param_groups[0]["lr"] == 1e-5
+    assert resumed.opt_g.param_groups[0]["weight_decay"] == 0.01

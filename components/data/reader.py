@@ -60,22 +60,31 @@ def sampling_probs(labels: torch.Tensor, n_classes: int, strategy: str) -> torch
 class BatchSampler:
     """Infinite stream of (image, label, weight) batches drawn with replacement from one split.
 
-    Each rank gets its own generator seeded `seed * world + rank`, so ranks see different samples and
-    the stream is reproducible; `state_dict` lets a checkpoint resume it exactly.
+    With `shared=True` (every rank holds the whole split) all ranks draw the same global batch of
+    batch_size * world indices from one generator seeded `seed`, and rank r keeps slice r, like
+    DistributedSampler: world ranks with batch b then see exactly what one rank with batch world * b sees.
+    With `shared=False` (each rank holds its own shard) each rank draws from its shard with a generator
+    seeded `seed * world + rank`. `state_dict` lets a checkpoint resume the stream exactly.
     """
 
     def __init__(self, data: SplitTensors, n_classes: int, strategy: str, class_weights: list[float] | None,
-                 batch_size: int, seed: int, rank: int = 0, world: int = 1):
+                 batch_size: int, seed: int, rank: int = 0, world: int = 1, shared: bool = True):
         self.data = data
         self.batch_size = batch_size
+        self.rank, self.world, self.shared = rank, world, shared
         self.probs = sampling_probs(data.labels, n_classes, strategy)
         weights = torch.tensor(class_weights, dtype=torch.float32) if strategy == "reweight" else None
         self.sample_weights = weights[data.labels] if weights is not None else torch.ones(len(data.labels))
-        self.generator = torch.Generator().manual_seed(seed * world + rank)
+        self.generator = torch.Generator().manual_seed(seed if shared else seed * world + rank)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, C, H, W) in [-1, 1], y (B,), w (B,)."""
-        idx = torch.multinomial(self.probs, self.batch_size, replacement=True, generator=self.generator)
+        if self.shared:
+            everyone = torch.multinomial(self.probs, self.batch_size * self.world, replacement=True,
+                                         generator=self.generator)
+            idx = everyone[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        else:
+            idx = torch.multinomial(self.probs, self.batch_size, replacement=True, generator=self.generator)
         return to_unit_range(self.data.images_u8[idx].float()), self.data.labels[idx], self.sample_weights[idx]
 
     def state_dict(self) -> dict:

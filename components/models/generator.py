@@ -60,10 +60,14 @@ class Generator(nn.Module):
         mu, _ = self.encode(x_bchw)
         return self.generate(mu, y_b)
 
-    def forward(self, x_bchw: torch.Tensor, y_b: torch.Tensor, z_bz: torch.Tensor, y_fake_b: torch.Tensor):
-        """Both uses in one decoder pass (one DDP forward): (reconstruction, samples, mu, logvar)."""
+    def forward(self, x_bchw: torch.Tensor, y_b: torch.Tensor, z_bz: torch.Tensor, y_fake_b: torch.Tensor,
+                eps_bz: torch.Tensor | None = None):
+        """Both uses in one decoder pass (one DDP forward): (reconstruction, samples, mu, logvar).
+
+        eps_bz is the reparameterisation noise; pass it to make the step a pure function of its inputs."""
         mu, logvar = self.encode(x_bchw)
-        z_post = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        eps = torch.randn_like(mu) if eps_bz is None else eps_bz
+        z_post = mu + eps * (0.5 * logvar).exp()
         out = self.generate(torch.cat([z_post, z_bz]), torch.cat([y_b, y_fake_b]))
         rec, fake = out.split([len(x_bchw), len(z_bz)])
         return rec, fake, mu, logvar

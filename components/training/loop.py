@@ -35,11 +35,15 @@ def _frozen_and_unsynced(D: torch.nn.Module):
 
 
 def next_batch(state: GanState) -> Batch:
-    """Real batch from the sampler, plus noise and target labels from the run's own generator."""
+    """Real batch from the sampler, plus noise, target labels and reparameterisation noise drawn for the
+    global batch from the shared generator and sliced to this rank (so DDP matches one big batch)."""
     x, y, w = state.sampler.next_batch()
-    z = torch.randn(len(x), state.G_ema.z_dim, generator=state.noise)
-    y_fake = torch.multinomial(state.label_probs, len(x), replacement=True, generator=state.noise)
-    return Batch(*(t.to(state.device, non_blocking=True) for t in (x, y, w, z, y_fake)))
+    n, z_dim = len(x), state.G_ema.z_dim
+    mine = slice(state.rank * n, (state.rank + 1) * n)
+    z = torch.randn(n * state.world, z_dim, generator=state.noise)[mine]
+    y_fake = torch.multinomial(state.label_probs, n * state.world, replacement=True, generator=state.noise)[mine]
+    eps = torch.randn(n * state.world, z_dim, generator=state.noise)[mine]
+    return Batch(*(t.to(state.device, non_blocking=True) for t in (x, y, w, z, y_fake, eps)))
 
 
 @torch.no_grad()

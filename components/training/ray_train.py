@@ -30,7 +30,7 @@ def build_worker_state(loop_config: dict, rank: int, world: int, wrap=lambda m: 
     rebalance = loop_config["rebalance"]
     weights = manifest["train_statistics"]["weights"][loop_config["weight_scheme"]]
     state = make_state(model_cfg, train_cfg, data, manifest["num_classes"], rebalance, weights, rank, world,
-                       wrap=wrap, device=device)
+                       wrap=wrap, device=device, shared_data=loop_config.get("reader", "local") != "ray_data")
     return state, train_cfg, GANLoss(LossConfig(**loop_config["loss"]))
 
 
@@ -63,7 +63,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             restore_state(state, load_checkpoint(d))
         apply_hyperparameters(state, cfg)
 
-    nodes = worker_node_ids(world)
+    nodes = worker_node_ids(world)  # gathered up front: every rank must join the collective
     mlflow_cfg = loop_config.get("mlflow")
     logger = MlflowRunLogger(mlflow_cfg["tracking_uri"], mlflow_cfg["run_id"]) if rank == 0 and mlflow_cfg else None
     z_fixed = torch.randn(8, state.G_ema.z_dim, generator=torch.Generator().manual_seed(1234)).to(device)
@@ -75,7 +75,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank == 0:
             print(progress_line("train", st.step, cfg.steps, cfg.batch_size, metrics), flush=True)
         if final:
-            metrics = {**metrics, "worker_nodes": nodes}
+            digests = gather_from_ranks(param_digest(st), world)
+            metrics = {**metrics, "worker_nodes": nodes, "param_digests": digests,
+                       "ranks_in_sync": float(len(set(digests)) == 1)}
         if logger is not None:
             logger.log_metrics(metrics, st.step)
             if final or st.step % cfg.sample_grid_every == 0:
@@ -93,17 +95,33 @@ def train_loop_per_worker(loop_config: dict) -> None:
     train_steps(state, loss, cfg, cfg.steps, on_report)
 
 
-def worker_node_ids(world: int) -> list[str]:
-    """The Ray node id of every rank (in rank order), gathered over the process group."""
-    import ray
+def gather_from_ranks(value, world: int) -> list:
+    """`value` from every rank, in rank order (all ranks must call this)."""
     import torch.distributed as dist
 
-    mine = ray.get_runtime_context().get_node_id()
     if world == 1 or not dist.is_initialized():
-        return [mine]
+        return [value]
     gathered: list = [None] * world
-    dist.all_gather_object(gathered, mine)
+    dist.all_gather_object(gathered, value)
     return gathered
+
+
+def worker_node_ids(world: int) -> list[str]:
+    """The Ray node id of every rank, in rank order."""
+    import ray
+
+    return gather_from_ranks(ray.get_runtime_context().get_node_id(), world)
+
+
+def param_digest(state) -> str:
+    """sha256 of G's and D's parameters on this rank: equal on every rank if DDP kept them in sync."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for module in (state.G, state.D):
+        for p in module.parameters():
+            h.update(p.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 def progress_line(what: str, step: int, total: int, batch: int, m: dict[str, float]) -> str:

@@ -27,6 +27,8 @@ class GanState:
     num_classes: int
     label_probs: torch.Tensor
     device: torch.device = torch.device("cpu")
+    rank: int = 0
+    world: int = 1
     step: int = 0
     diverged: bool = False
     trace: dict[str, list[float]] = field(default_factory=dict)
@@ -35,8 +37,10 @@ class GanState:
 def make_state(model_cfg: ModelConfig, cfg: TrainConfig, data: SplitTensors, num_classes: int,
                rebalance: str, class_weights: list[float] | None, rank: int = 0, world: int = 1,
                wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
-               device: torch.device = torch.device("cpu")) -> GanState:
-    """Seed rank `rank`, build G, D, EMA-G and optimisers; `wrap` adds DDP at the Ray edge."""
+               device: torch.device = torch.device("cpu"), shared_data: bool = True) -> GanState:
+    """Seed rank `rank`, build G, D, EMA-G and optimisers; `wrap` adds DDP at the Ray edge.
+
+    shared_data: every rank holds the whole split (global batches sliced per rank) rather than a shard."""
     seed = cfg.seed * world + rank
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     _, c, h, _ = data.images_u8.shape
@@ -47,11 +51,12 @@ def make_state(model_cfg: ModelConfig, cfg: TrainConfig, data: SplitTensors, num
     opt_g = torch.optim.AdamW(G.parameters(), lr=cfg.lr_g, betas=cfg.betas_g, weight_decay=cfg.weight_decay)
     opt_d = torch.optim.AdamW(D.parameters(), lr=cfg.lr_d, betas=cfg.betas_d, weight_decay=cfg.weight_decay)
     per_rank = cfg.batch_size // world
-    sampler = BatchSampler(data, num_classes, rebalance, class_weights, per_rank, cfg.seed, rank, world)
+    sampler = BatchSampler(data, num_classes, rebalance, class_weights, per_rank, cfg.seed, rank, world,
+                           shared=shared_data)
     counts = torch.bincount(data.labels, minlength=num_classes).float()
     label_probs = torch.full((num_classes,), 1.0 / num_classes) if cfg.target_labels == "uniform" else counts / counts.sum()
-    noise = torch.Generator().manual_seed(seed + 7919)
-    return GanState(G, D, G_ema, opt_g, opt_d, sampler, noise, num_classes, label_probs, device)
+    noise = torch.Generator().manual_seed(cfg.seed + 7919)  # shared: global noise batches, sliced per rank
+    return GanState(G, D, G_ema, opt_g, opt_d, sampler, noise, num_classes, label_probs, device, rank, world)
 
 
 def apply_hyperparameters(state: GanState, cfg: TrainConfig) -> None:

@@ -1,0 +1,30 @@
+"""DDP on Ray Train: ranks stay in sync, and 2 workers x batch b equal 1 worker x batch 2b."""
+import pytest
+import torch
+
+from components.training.checkpoint import load_checkpoint
+from components.training.ray_train import run_torch_trainer
+from tests.helpers import smoke_loop_config
+
+pytestmark = pytest.mark.slow
+
+
+def fit(tmp_path, name, workers):
+    # Norm-free networks: per-rank BatchNorm statistics would make the two set-ups differ by design.
+    config = smoke_loop_config(tmp_path / "data", num_workers=workers, batch_size=16, steps=6, report_every=3,
+                               checkpoint_every=3)
+    config["model"].update(g_norm="none", d_norm="spectral")
+    result = run_torch_trainer(config, tmp_path / "ray_results", name)
+    assert result.error is None
+    with result.checkpoint.as_directory() as d:
+        return result.metrics, load_checkpoint(d)
+
+
+def test_two_workers_stay_in_sync_and_match_one_big_batch(ray_cluster, tmp_path):
+    two_metrics, two = fit(tmp_path, "ddp-2", workers=2)
+    one_metrics, one = fit(tmp_path, "ddp-1", workers=1)
+    assert two_metrics["ranks_in_sync"] == 1.0 and len(two_metrics["param_digests"]) == 2
+    for key in ("G", "D", "G_ema"):
+        for name, tensor in one[key].items():
+            torch.testing.assert_close(two[key][name], tensor, rtol=1e-4, atol=1e-5, msg=f"{key}.{name}")
+    assert two["trace"]["d_loss"].shape == one["trace"]["d_loss"].shape
