@@ -101,3 +101,26 @@ def scatter_chart(x: list[float], y: list[float], title: str, xlabel: str, ylabe
     ax.set_ylabel(ylabel)
     fig.tight_layout()
     return fig
+
+
+def robustness_figure(d_rows: list[dict], g_rows: list[dict], clf_rows: list[dict]):
+    """Three panels over epsilon: D accuracy (FGSM, PGD), G reconstruction deviation, evaluator accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for attack in sorted({r["attack"] for r in d_rows}):
+        rows = [r for r in d_rows if r["attack"] == attack]
+        axes[0].plot([r["eps"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=attack)
+    axes[0].set(title="Discriminator accuracy", xlabel="L-inf eps", ylim=(0, 1))
+    axes[0].legend()
+    axes[1].plot([r["eps"] for r in g_rows], [r["rec_mse"] for r in g_rows], marker="o", label="MSE")
+    axes[1].plot([r["eps"] for r in g_rows], [r["label_flip_rate"] for r in g_rows], marker="s", label="label flips")
+    axes[1].set(title="Generator G(x) under PGD", xlabel="L-inf eps")
+    axes[1].legend()
+    axes[2].plot([r["eps"] for r in clf_rows], [r["accuracy"] for r in clf_rows], marker="o")
+    axes[2].set(title="Evaluator accuracy (reference)", xlabel="L-inf eps", ylim=(0, 1))
+    fig.tight_layout()
+    return fig

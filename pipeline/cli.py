@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--pip", action="append", help="pip requirement to install for the job")
     submit.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
+    report = sub.add_parser("report", help="regenerate a pipeline run's HTML report from MLflow")
+    report.add_argument("run_id", help="the pipeline's parent run id")
+    report.add_argument("--out", default="report.html", help="output HTML file")
+    report.add_argument("--config", default="configs/default.yaml", help="config for the tracking URI")
+    report.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+
     promote = _registry_parser(sub, "promote", "judge a registered version by the gates; move aliases")
     promote.add_argument("--version", required=True, help="model version to judge")
     promote.add_argument("--dry-run", action="store_true", help="decide, but move no alias")
@@ -109,6 +116,7 @@ def print_summary(s: dict) -> None:
     print(f"class KL / recall   : {m['class_kl']:.4f} / {m['recall_mean']:.3f} ({m['classes_covered']:.0f} classes covered)")
     print(f"D accuracy          : clean {m['d_clean_accuracy']:.3f}, under FGSM {m['d_fgsm_accuracy']:.3f}")
     uri = s["tracking_uri"]
+    print(f"report              : {s['report']}")
     if uri.startswith("sqlite:"):
         print(f"browse              : mlflow ui --backend-store-uri {uri}")
 
@@ -125,7 +133,7 @@ def _registry_commands() -> dict:
     from pipeline import registry_commands as rc
 
     return {"promote": _with_config(rc.cmd_promote), "rollback": _with_config(rc.cmd_rollback),
-            "generate": _with_config(rc.cmd_generate)}
+            "generate": _with_config(rc.cmd_generate), "report": _with_config(rc.cmd_report)}
 
 
 def cmd_submit(args) -> int:

@@ -72,3 +72,28 @@ def cmd_generate(args, cfg) -> int:
     image_grid(torch.from_numpy(images), args.per_class).save(out)
     print(f"wrote {out} ({generator.num_classes} classes x {args.per_class})")
     return 0
+
+
+def cmd_report(args, cfg) -> int:
+    """Rebuild the HTML report of a pipeline run from its stages' MLflow artifacts."""
+    import tempfile
+
+    import mlflow
+
+    from pipeline.report import build_html, sources_from_mlflow
+
+    client = _client(cfg)
+    try:
+        client.get_run(args.run_id)
+    except mlflow.exceptions.MlflowException:
+        raise UserError(f"no MLflow run {args.run_id} at {cfg.tracking.uri}; pass the pipeline's parent run id") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        sources = sources_from_mlflow(client, args.run_id, Path(tmp))
+        if not sources:
+            raise UserError(f"run {args.run_id} is not a pipeline parent run (it has no stage_run.* tags)")
+        page = build_html(sources, f"pipeline run {args.run_id[:12]}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    print(f"wrote {out}")
+    return 0

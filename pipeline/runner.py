@@ -14,6 +14,7 @@ from pipeline.config import PipelineConfig, dump_config, flat_params
 from pipeline.dag import STAGES, Stage
 from pipeline.fingerprint import directory_digest, git_commit, source_digest, stage_fingerprint
 from pipeline.ray_edge import ensure_ray
+from pipeline.report import build_html
 from pipeline.stages.context import StageContext
 from pipeline.tracking import setup_tracking
 
@@ -155,16 +156,29 @@ def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), only: str |
                                                  lineage, stage.name in force)
                 print(f"[{i}/{len(STAGES)}] {stage.name}: done in {records[stage.name]['seconds']:.1f}s", flush=True)
             mlflow.set_tag("dataset_digest", dataset_digest(work, records["prepare"]))
+            mlflow.set_tags({f"stage_run.{k}": v["run_id"] for k, v in records.items()})
             if only is not None:
                 return {"tracking_uri": tracking_uri, "parent_run_id": parent.info.run_id, "only": only,
                         "stage_run_ids": {k: v["run_id"] for k, v in records.items()}}
-            return _summary(cfg, work, records, tracking_uri, parent.info.run_id)
+            summary = _summary(cfg, work, records, tracking_uri, parent.info.run_id)
+            summary["report"] = str(_write_report(cfg, work, records, parent.info.run_id))
+            return summary
     finally:
         os.chdir(previous_cwd)
         if started_ray:
             import ray
 
             ray.shutdown()
+
+
+def _write_report(cfg, work: Path, records: dict, parent_id: str) -> Path:
+    """Render the HTML report from the stage dirs and log it on the parent run."""
+    sources = {k: stage_dir(work, by_name[k], v["fingerprint"]) for k, v in records.items()}
+    path = work / "reports" / f"{parent_id}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(build_html(sources, f"{cfg.name} pipeline run {parent_id[:12]}"))
+    mlflow.log_artifact(str(path))
+    return path
 
 
 def _summary(cfg, work: Path, records: dict, tracking_uri: str, parent_id: str) -> dict:

@@ -99,3 +99,51 @@ def test_only_reruns_one_stage_from_cached_inputs(smoke_run, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "evaluate: running" in out and "train: cached" in out and "promote" not in out
+
+
+def test_report_has_every_section_and_the_promotion_table(smoke_run):
+    page = open(smoke_run["summary"]["report"]).read()
+    for heading in ("Data", "Training", "Tuning", "Evaluation", "Promotion"):
+        assert f"<h2>{heading}</h2>" in page
+    assert "<div id='promotion'><table>" in page and "max_fcd" in page
+    assert page.count("data:image/png;base64,") >= 6
+
+
+def test_report_regenerates_from_the_run_id(smoke_run, tmp_path, capsys):
+    from pipeline.cli import main
+    from tests.conftest import REPO, smoke_overrides
+
+    out = tmp_path / "report.html"
+    args = ["report", smoke_run["summary"]["parent_run_id"], "--out", str(out),
+            "--config", str(REPO / "configs" / "smoke.yaml")]
+    for o in smoke_overrides(smoke_run["tmp"]):
+        args += ["--set", o]
+    assert main(args) == 0
+    page = out.read_text()
+    assert "<div id='promotion'><table>" in page and "<h2>Tuning</h2>" in page
+    assert page.count("data:image/png;base64,") >= 6
+
+
+def test_report_renders_in_headless_chromium(smoke_run, tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    browser = shutil.which("chromium")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run installs Debian's chromium")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600"]
+    url = "file://" + smoke_run["summary"]["report"]
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", url], check=True, capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.std() > 10  # text, tables and images, not a blank page
+    dom = subprocess.run([browser, *flags, "--dump-dom", url], check=True, capture_output=True, text=True,
+                         timeout=120).stdout
+    assert 'id="promotion"' in dom and "<table>" in dom.split('id="promotion"')[1]

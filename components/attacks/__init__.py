@@ -1,4 +1,8 @@
-"""Adversarial attacks, batched and device-agnostic."""
+"""Adversarial attacks, batched and device-agnostic. Each maximises a scalar loss_fn(x)."""
+from components.attacks.ead import ead
 from components.attacks.fgsm import fgsm
+from components.attacks.pgd import pgd
 
-__all__ = ["fgsm"]
+ATTACKS = {"fgsm": fgsm, "pgd": pgd, "ead": ead}
+
+__all__ = ["ATTACKS", "ead", "fgsm", "pgd"]

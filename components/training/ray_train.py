@@ -62,6 +62,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with resumed.as_directory() as d:
             restore_state(state, load_checkpoint(d))
         apply_hyperparameters(state, cfg)
+        if rank == 0:
+            print(f"  train: resuming from the checkpoint at step {state.step}", flush=True)
 
     nodes = worker_node_ids(world)  # gathered up front: every rank must join the collective
     mlflow_cfg = loop_config.get("mlflow")

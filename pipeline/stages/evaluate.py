@@ -20,7 +20,8 @@ from components.data.reader import SplitTensors, load_split
 from components.data.shards import read_manifest
 from components.metrics import QUALITY_METRICS
 from components.metrics.classifier import EvaluatorCNN, predict, train_classifier
-from components.plots import bar_chart, class_sample_grid
+from components.metrics.robustness import classifier_robustness, d_robustness, g_robustness
+from components.plots import bar_chart, class_sample_grid, robustness_figure
 from components.training.checkpoint import load_checkpoint, models_from_checkpoint
 from pipeline.stages.context import StageContext
 
@@ -67,6 +68,16 @@ def d_accuracy_under_fgsm(D, real, y_real, fake, y_fake, eps: float) -> dict[str
         adv_fake = (D(fake_adv, y_fake) < 0).float().mean()
     return {"d_clean_accuracy": float(clean), "d_fgsm_accuracy": float((adv_real + adv_fake) / 2),
             "d_fgsm_accuracy_real": float(adv_real), "d_fgsm_accuracy_fake": float(adv_fake)}
+
+
+def robustness_curves(ec, D, G, clf, real, y_real, fake, y_fake) -> dict[str, list[dict]]:
+    """D under FGSM and PGD, G's reconstruction under PGD, and the evaluator's reference curve."""
+    eps_list = sorted({0.0, *ec.robustness_eps, ec.fgsm_eps})
+    d_rows = [row for attack in ("fgsm", "pgd")
+              for row in d_robustness(D, real, y_real, fake, y_fake, eps_list, attack, ec.pgd_steps)]
+    return {"discriminator": d_rows,
+            "generator": g_robustness(G, clf, real, y_real, eps_list, ec.pgd_steps),
+            "classifier": classifier_robustness(clf, real, y_real, eps_list, ec.pgd_steps)}
 
 
 def head_and_tail(train_counts: list[int]) -> tuple[list[int], list[int]]:
@@ -123,11 +134,20 @@ def run(ctx: StageContext) -> dict:
     with torch.no_grad():
         z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(ec.seed + 1))
         fake_eval = G.generate(z, y_fake)
-    result.update(d_accuracy_under_fgsm(D, held.images_float()[:n], held.labels[:n], fake_eval, y_fake, ec.fgsm_eps))
+    real_eval = held.images_float()[:n]
+    result.update(d_accuracy_under_fgsm(D, real_eval, held.labels[:n], fake_eval, y_fake, ec.fgsm_eps))
     result["fgsm_eps"] = ec.fgsm_eps
+    curves = robustness_curves(ec, D, G, clf, real_eval, held.labels[:n], fake_eval, y_fake)
+    at_eps = {r["attack"]: r["accuracy"] for r in curves["discriminator"] if r["eps"] == ec.fgsm_eps}
+    result["d_pgd_accuracy"] = at_eps.get("pgd", float("nan"))
+    g_at = next((r for r in curves["generator"] if r["eps"] == ec.fgsm_eps), {})
+    result.update(g_rec_mse_adv=g_at.get("rec_mse", float("nan")), g_amplification=g_at.get("amplification", float("nan")),
+                  g_label_flip_rate=g_at.get("label_flip_rate", float("nan")))
 
     # Section: outputs.
-    ctx.write_json("evaluation.json", result)
+    ctx.write_json("evaluation.json", {**result, "robustness_curves": curves})
+    robustness_figure(curves["discriminator"], curves["generator"], curves["classifier"]) \
+        .savefig(ctx.out_dir / "robustness_curves.png", dpi=100)
     rows = ["class,name,train_count,generated_share,recall"] + [
         f"{c},{names[c]},{manifest['class_counts']['train'][c]},{result[f'share_class_{c}']:.4f},"
         f"{result[f'recall_class_{c}']:.4f}" for c in range(n_classes)]
@@ -138,7 +158,7 @@ def run(ctx: StageContext) -> dict:
     bar_chart({"generated (evaluator's labels)": hist}, names, "Generated class histogram", "samples") \
         .savefig(ctx.out_dir / "generated_classes.png", dpi=100)
     mlflow.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float))})
-    for name in ("evaluation.json", "per_class.csv", "samples.png", "generated_classes.png"):
+    for name in ("evaluation.json", "per_class.csv", "samples.png", "generated_classes.png", "robustness_curves.png"):
         mlflow.log_artifact(str(ctx.out_dir / name))
     print(f"  evaluate: FCD {result['fcd']:.2f} (real-vs-real {result['fcd_real_vs_real']:.2f}), "
           f"class KL {result['class_kl']:.4f}, recall {result['recall_mean']:.3f}, "

@@ -104,15 +104,24 @@ def run_campaign(ctx: StageContext, base: dict):
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=max(1, max_t // 4),
                               reduction_factor=2) if tc.scheduler == "asha" else None
     trainable = tune.with_resources(tune.with_parameters(tune_trial, base=base, campaign=campaign), {"cpu": 1})
-    tuner = tune.Tuner(
-        trainable,
-        param_space=to_param_space(tc.search_space),
-        tune_config=tune.TuneConfig(metric="stability_score", mode="min", num_samples=tc.num_samples,
-                                    scheduler=scheduler, max_concurrent_trials=tc.max_concurrent_trials),
-        run_config=tune.RunConfig(name=f"{ctx.cfg.name}-tune-{ctx.fingerprint[:12]}",
-                                  storage_path=str((ctx.work_dir / "ray_results").resolve()), verbose=0,
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
-    )
+    storage = (ctx.work_dir / "ray_results").resolve()
+    name = f"{ctx.cfg.name}-tune-{ctx.fingerprint[:12]}"
+    if (storage / name).exists() and ctx.forced:
+        shutil.rmtree(storage / name)
+    if tune.Tuner.can_restore(str(storage / name)):
+        # An interrupted campaign with the same fingerprint: finished trials are kept, the rest continue.
+        print(f"  tune: resuming the interrupted campaign in {storage / name}", flush=True)
+        tuner = tune.Tuner.restore(str(storage / name), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=to_param_space(tc.search_space),
+            tune_config=tune.TuneConfig(metric="stability_score", mode="min", num_samples=tc.num_samples,
+                                        scheduler=scheduler, max_concurrent_trials=tc.max_concurrent_trials),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        )
     return tuner.fit()
 
 
