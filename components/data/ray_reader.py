@@ -8,6 +8,7 @@ import torch
 
 from components.data.reader import SplitTensors
 from components.data.shards import read_manifest
+from components.errors import UserError
 
 
 def ray_dataset(data_dir: str | Path, split: str):
@@ -27,6 +28,9 @@ def shard_tensors(rows_iterator, image_shape_hwc: list[int]) -> SplitTensors:
         flat = np.stack(list(batch["image"])) if batch["image"].dtype == object else batch["image"]
         images.append(flat.reshape(-1, h, w, c).astype(np.uint8))
         labels.append(batch["label"].astype(np.int64))
+    if not images:
+        raise UserError("this Ray Train worker's data shard is empty: use data.reader=local for small data sets, "
+                        "or more, smaller shards (data.rows_per_shard)")
     images_nhwc = np.concatenate(images)
     return SplitTensors(torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))),
                         torch.from_numpy(np.concatenate(labels)))

@@ -1,0 +1,29 @@
+"""The distributed read path: ray.data.read_parquet, one shard per worker, shards cover the split."""
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from components.data.config import DataConfig
+from components.data.prepare import prepare_dataset
+from components.data.ray_reader import ray_dataset, shard_tensors
+from components.data.reader import BatchSampler, load_split
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_shards_partition_the_training_split(ray_cluster, tmp_path):
+    data_dir = tmp_path / "data"
+    manifest = prepare_dataset(DataConfig(imbalance_ratio=10), data_dir)
+    shards = ray_dataset(data_dir, "train").streaming_split(2, equal=True)
+    # Split iterators advance together (as Train workers do), so read both shards at once.
+    with ThreadPoolExecutor(2) as pool:
+        parts = list(pool.map(lambda s: shard_tensors(s, manifest["image_shape_hwc"]), shards))
+    whole = load_split(data_dir, "train")
+    # equal=True (what Ray Train uses) gives equal shards, dropping at most world - 1 rows.
+    assert len(parts[0].labels) == len(parts[1].labels) >= (len(whole.labels) - 1) // 2
+    assert not Counter(torch.cat([p.labels for p in parts]).tolist()) - Counter(whole.labels.tolist())
+    assert parts[0].images_u8.shape[1:] == whole.images_u8.shape[1:] and parts[0].images_u8.dtype == torch.uint8
+    x, y, w = BatchSampler(parts[0], 10, "resample", None, 8, seed=0, rank=0, world=2, shared=False).next_batch()
+    assert x.shape == (8, 1, 32, 32) and x.min() >= -1 and x.max() <= 1 and torch.equal(w, torch.ones(8))
