@@ -5,6 +5,7 @@ Writes bench/results/data.json. Run with `make bench` (or `.venv/bin/python -m b
 from __future__ import annotations
 
 import json
+import os
 import platform
 import tempfile
 import time
@@ -89,7 +90,7 @@ def main() -> dict:
         read = bench_reader(data_dir, per_worker)
     results.update(reader_images_per_s=read, trainer_images_per_s_per_worker=consumed,
                    reader_to_trainer_ratio=read / consumed, target_ratio=20.0, per_worker_batch=per_worker,
-                   machine={"cpus": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__})
+                   machine={"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__})
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "data.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
