@@ -25,8 +25,6 @@ def two_node_cluster():
 
 
 def test_cluster_script_starts_and_stops_only_its_own_processes(two_node_cluster):
-    import ray
-
     out = subprocess.run([sys.executable, "-c", (
         "import ray; ray.init(address='%s', logging_level='error');"
         "print(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']))") % two_node_cluster["address"]],
@@ -34,7 +32,6 @@ def test_cluster_script_starts_and_stops_only_its_own_processes(two_node_cluster
                                              "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}, timeout=120)
     assert "['127.0.0.2', '127.0.0.3']" in out.stdout, out.stderr[-800:]
     assert cluster.own_pids(two_node_cluster["temp_dir"])
-    del ray
 
 
 def test_submit_smoke_pipeline_as_ray_job(two_node_cluster, mlflow_server, tmp_path):
