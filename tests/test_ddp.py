@@ -28,3 +28,12 @@ def test_two_workers_stay_in_sync_and_match_one_big_batch(ray_cluster, tmp_path)
         for name, tensor in one[key].items():
             torch.testing.assert_close(two[key][name], tensor, rtol=1e-4, atol=1e-5, msg=f"{key}.{name}")
     assert two["trace"]["d_loss"].shape == one["trace"]["d_loss"].shape
+
+
+def test_use_gpu_without_gpus_is_a_one_line_user_error(ray_cluster):
+    from components.errors import UserError
+    from pipeline.stages.train import check_gpu_request
+
+    with pytest.raises(UserError, match=r"train.use_gpu is true but the Ray cluster has 0 GPU\(s\) for 2"):
+        check_gpu_request(use_gpu=True, num_workers=2)
+    check_gpu_request(use_gpu=False, num_workers=2)  # CPU training needs no GPU
