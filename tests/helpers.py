@@ -8,6 +8,7 @@ import torch
 from components.data.prepare import prepare_dataset
 from components.training.ray_train import build_worker_state
 from pipeline.config import load_config
+from pipeline.stages.train import build_loop_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -17,10 +18,7 @@ def smoke_loop_config(data_dir: Path, **train_overrides) -> dict:
     cfg = load_config(REPO / "configs" / "smoke.yaml")
     if not (data_dir / "manifest.json").exists():
         prepare_dataset(cfg.data, data_dir)
-    train = {**cfg.train.model_dump(), "num_workers": 1, **train_overrides}
-    return {"model": cfg.model.model_dump(), "loss": cfg.loss.model_dump(), "train": train,
-            "data_dir": str(data_dir), "rebalance": cfg.data.rebalance, "weight_scheme": cfg.data.weight_scheme,
-            "mlflow": None, "resolved_config": {**cfg.model_dump(mode="json"), "train": train}}
+    return build_loop_config(cfg, data_dir, train_overrides={"num_workers": 1, **train_overrides})
 
 
 def fresh_state(loop_config: dict):

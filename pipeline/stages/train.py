@@ -14,19 +14,26 @@ from components.errors import UserError
 from components.plots import line_chart
 from components.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from components.training.ray_train import run_torch_trainer
+from pipeline.config import PipelineConfig
 from pipeline.stages.context import StageContext
 
 
-def loop_config(ctx: StageContext, data_dir: Path, train_overrides: dict | None = None) -> dict:
-    """The plain-dict config that travels to Ray workers."""
-    cfg = ctx.cfg
+def build_loop_config(cfg: PipelineConfig, data_dir: Path, mlflow_target: dict | None = None,
+                      train_overrides: dict | None = None) -> dict:
+    """The plain-dict config that travels to Ray workers (and to in-process training in tests)."""
     train = {**cfg.train.model_dump(), **(train_overrides or {})}
     return {
         "model": cfg.model.model_dump(), "loss": cfg.loss.model_dump(), "train": train,
-        "data_dir": str(data_dir.resolve()), "rebalance": cfg.data.rebalance, "weight_scheme": cfg.data.weight_scheme, "reader": cfg.data.reader,
-        "mlflow": {"tracking_uri": ctx.tracking_uri, "run_id": ctx.run_id},
+        "data_dir": str(Path(data_dir).resolve()), "rebalance": cfg.data.rebalance,
+        "weight_scheme": cfg.data.weight_scheme, "reader": cfg.data.reader, "mlflow": mlflow_target,
         "resolved_config": {**cfg.model_dump(mode="json"), "train": train},
     }
+
+
+def loop_config(ctx: StageContext, data_dir: Path, train_overrides: dict | None = None) -> dict:
+    """build_loop_config for a stage run: rank 0 logs into the stage's MLflow run."""
+    return build_loop_config(ctx.cfg, data_dir, {"tracking_uri": ctx.tracking_uri, "run_id": ctx.run_id},
+                             train_overrides)
 
 
 def check_gpu_request(use_gpu: bool, num_workers: int) -> None:
