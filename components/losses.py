@@ -14,17 +14,34 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from components import regularizers
 from components.config_base import Section
 
 
 class LossConfig(Section):
-    """Objective and loss weights."""
+    """Objective, loss weights and regularisers."""
 
-    objective: Literal["bce", "hinge", "lsgan"] = Field("bce", description="Adversarial objective on logits.")
+    objective: Literal["bce", "hinge", "lsgan", "wgan_gp"] = Field(
+        "bce", description="Adversarial objective on logits; bce is the document's (non-saturating for G).")
     lambda_rec: float = Field(1.0, ge=0.0, description="Weight of MSE(G(x), x), the document's reconstruction.")
     lambda_adv: float = Field(1.0, ge=0.0, description="Weight of the adversarial term for G.")
     lambda_kl: float = Field(0.05, ge=0.0, description="Weight of KL(q(z|x) || N(0, I)).")
+    lambda_ac: float = Field(1.0, ge=0.0, description="Weight of the class cross-entropy when D is an auxiliary classifier.")
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="One-sided: real targets become 1 - s.")
+    r1_gamma: float = Field(0.0, ge=0.0, description="R1 penalty gamma/2 * ||grad D(x_real)||^2; 0 disables.")
+    r1_every: int = Field(16, ge=1, description="Lazy R1: apply every k D steps, scaled by k.")
+    gp_lambda: float | None = Field(
+        None, ge=0.0, description="WGAN-GP penalty weight; default 10 for wgan_gp, 0 (off) otherwise.")
+    lecam_lambda: float = Field(0.0, ge=0.0, description="LeCam regulariser weight; 0 disables.")
+    lecam_decay: float = Field(0.99, ge=0.0, lt=1.0, description="EMA decay of LeCam's logit anchors.")
+    instance_noise: float = Field(0.0, ge=0.0, description="Initial std of Gaussian noise on D's inputs; 0 disables.")
+    instance_noise_steps: int = Field(1000, ge=1, description="Steps over which instance noise decays to 0.")
+    diffaugment: list[Literal["translation", "cutout", "color"]] = Field(
+        default_factory=list, description="DiffAugment policy applied to every D input (real and fake).")
+
+    @property
+    def effective_gp_lambda(self) -> float:
+        return self.gp_lambda if self.gp_lambda is not None else (10.0 if self.objective == "wgan_gp" else 0.0)
 
 
 def _wmean(values_b: torch.Tensor, w_b: torch.Tensor) -> torch.Tensor:
@@ -41,6 +58,8 @@ def d_adversarial(objective: str, real_logits: torch.Tensor, fake_logits: torch.
         real, fake = F.relu(1.0 - real_logits), F.relu(1.0 + fake_logits)
     elif objective == "lsgan":
         real, fake = (real_logits - (1.0 - smoothing)) ** 2, fake_logits ** 2
+    elif objective == "wgan_gp":  # critic: maximise D(real) - D(fake)
+        real, fake = -real_logits, fake_logits
     else:
         raise ValueError(f"unknown objective {objective!r}")
     return real, fake
@@ -50,7 +69,7 @@ def g_adversarial(objective: str, fake_logits: torch.Tensor) -> torch.Tensor:
     """Per-sample G losses: make D call fakes real (non-saturating for BCE)."""
     if objective == "bce":
         return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits), reduction="none")
-    if objective == "hinge":
+    if objective in ("hinge", "wgan_gp"):
         return -fake_logits
     if objective == "lsgan":
         return (fake_logits - 1.0) ** 2
@@ -65,7 +84,9 @@ def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tenso
 @dataclass
 class Batch:
     """One step's inputs: real x (B,C,H,W), labels y (B,), weights w (B,), noise z (B',Z), labels y_fake (B'),
-    and eps (B,Z), the reparameterisation noise of the encoder's posterior (None: drawn inside G)."""
+    and eps (B,Z), the reparameterisation noise of the encoder's posterior (None: drawn inside G).
+
+    The loop's schedule rides along: the current instance-noise std and whether lazy R1 is due."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -73,44 +94,112 @@ class Batch:
     z: torch.Tensor
     y_fake: torch.Tensor
     eps: torch.Tensor | None = None
+    noise_std: float = 0.0
+    r1_due: bool = False
 
 
 class GANLoss:
-    """Owns every G and D forward pass of a step; returns the loss to backprop and detached statistics."""
+    """Owns every G and D forward pass of a step; returns the loss to backprop and detached statistics.
+
+    Stateful only through LeCam's logit anchors, which `state_dict` exposes for checkpoints."""
 
     def __init__(self, cfg: LossConfig):
         self.cfg = cfg
+        self.anchors = {"real": 0.0, "fake": 0.0}
+
+    def state_dict(self) -> dict[str, float]:
+        return dict(self.anchors)
+
+    def load_state_dict(self, anchors: dict) -> None:
+        self.anchors = {k: float(v) for k, v in anchors.items()}
+
+    def _d_view(self, images: torch.Tensor, noise_std: float) -> torch.Tensor:
+        """What D sees: instance noise, then the DiffAugment policy (both differentiable)."""
+        images = regularizers.add_instance_noise(images, noise_std)
+        return regularizers.diff_augment(images, self.cfg.diffaugment) if self.cfg.diffaugment else images
 
     def d_loss(self, G, D, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """D on cat(real, fake) in one forward: one BN pass and one DDP buffer broadcast, no in-place clash."""
+        """D on cat(real, fake[, interpolates]) in one forward: one BN pass and one DDP buffer broadcast, no
+        in-place clash between two forwards before one backward."""
+        cfg = self.cfg
         with torch.no_grad():
             fake = _unwrap(G).generate(batch.z, batch.y_fake)
-        logits = D(torch.cat([batch.x, fake]), torch.cat([batch.y, batch.y_fake]))
-        real_l, fake_l = logits.split([len(batch.x), len(fake)])
-        loss_real, loss_fake = d_adversarial(self.cfg.objective, real_l, fake_l, self.cfg.label_smoothing)
+        r1 = cfg.r1_gamma > 0 and batch.r1_due
+        x_real = batch.x.detach().requires_grad_(True) if r1 else batch.x
+        inputs, labels = [self._d_view(torch.cat([x_real, fake]), batch.noise_std)], [batch.y, batch.y_fake]
+        gp_lambda = cfg.effective_gp_lambda
+        if gp_lambda > 0:
+            alpha = torch.rand(len(batch.x), device=batch.x.device)
+            x_hat = regularizers.interpolate(batch.x, fake[: len(batch.x)], alpha)
+            inputs.append(x_hat)
+            labels.append(batch.y)
+        logits, class_logits = _d_forward(D, torch.cat(inputs), torch.cat(labels))
+        n_real, n_fake = len(batch.x), len(fake)
+        real_l, fake_l, interp_l = logits.split([n_real, n_fake, len(logits) - n_real - n_fake])
+        loss_real, loss_fake = d_adversarial(cfg.objective, real_l, fake_l, cfg.label_smoothing)
         loss = _wmean(loss_real, batch.w) + loss_fake.mean()
-        stats = {
+        stats = {}
+        if class_logits is not None:
+            cls_real, cls_fake, _ = class_logits.split([n_real, n_fake, len(logits) - n_real - n_fake])
+            ac = _wmean(F.cross_entropy(cls_real, batch.y, reduction="none"), batch.w) \
+                + F.cross_entropy(cls_fake, batch.y_fake)
+            loss = loss + cfg.lambda_ac * ac
+            stats["d_ac"] = ac.detach()
+        if r1:
+            penalty = _wmean(regularizers.r1_penalty(real_l, x_real), batch.w)
+            loss = loss + 0.5 * cfg.r1_gamma * cfg.r1_every * penalty  # lazy: k-times rarer, k-times stronger
+            stats["r1"] = penalty.detach()
+        if gp_lambda > 0:
+            penalty = regularizers.gradient_penalty(interp_l, x_hat).mean()
+            loss = loss + gp_lambda * penalty
+            stats["gp"] = penalty.detach()
+        if cfg.lecam_lambda > 0:
+            penalty = regularizers.lecam(real_l, fake_l, self.anchors["real"], self.anchors["fake"])
+            loss = loss + cfg.lecam_lambda * penalty
+            stats["lecam"] = penalty.detach()
+            self._update_anchors(real_l.detach(), fake_l.detach())
+        stats.update({
             "d_loss": loss.detach(),
             "d_real": torch.sigmoid(real_l.detach()).mean(),
             "d_fake": torch.sigmoid(fake_l.detach()).mean(),
             "d_acc_real": (real_l.detach() > 0).float().mean(),
             "d_acc_fake": (fake_l.detach() < 0).float().mean(),
             "d_sign_real": torch.sign(real_l.detach()).mean(),
-        }
+        })
         return loss, stats
 
+    def _update_anchors(self, real_l: torch.Tensor, fake_l: torch.Tensor) -> None:
+        decay = self.cfg.lecam_decay
+        self.anchors["real"] = decay * self.anchors["real"] + (1 - decay) * float(real_l.float().mean())
+        self.anchors["fake"] = decay * self.anchors["fake"] + (1 - decay) * float(fake_l.float().mean())
+
     def g_loss(self, G, D, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """lambda_rec * MSE + lambda_adv * adversarial (reconstructions and samples) + lambda_kl * KL."""
+        """lambda_rec * MSE + lambda_adv * adversarial (reconstructions and samples) + lambda_kl * KL
+        (+ lambda_ac * class cross-entropy of the samples for an auxiliary-classifier D)."""
+        cfg = self.cfg
         rec, fake, mu, logvar = G(batch.x, batch.y, batch.z, batch.y_fake, batch.eps)
-        logits = D(torch.cat([rec, fake]), torch.cat([batch.y, batch.y_fake]))
+        logits, class_logits = _d_forward(D, self._d_view(torch.cat([rec, fake]), batch.noise_std),
+                                          torch.cat([batch.y, batch.y_fake]))
         rec_l, fake_l = logits.split([len(rec), len(fake)])
-        adv = 0.5 * (_wmean(g_adversarial(self.cfg.objective, rec_l), batch.w)
-                     + g_adversarial(self.cfg.objective, fake_l).mean())
+        adv = 0.5 * (_wmean(g_adversarial(cfg.objective, rec_l), batch.w)
+                     + g_adversarial(cfg.objective, fake_l).mean())
         rec_loss = _wmean((rec - batch.x).pow(2).flatten(1).mean(dim=1), batch.w)
-        kl = _wmean(kl_to_standard_normal(mu, logvar), batch.w)
-        loss = self.cfg.lambda_rec * rec_loss + self.cfg.lambda_adv * adv + self.cfg.lambda_kl * kl
-        stats = {"g_loss": loss.detach(), "g_adv": adv.detach(), "rec_loss": rec_loss.detach(), "kl": kl.detach()}
+        kl = _wmean(kl_to_standard_normal(mu.float(), logvar.float()), batch.w)
+        loss = cfg.lambda_rec * rec_loss + cfg.lambda_adv * adv + cfg.lambda_kl * kl
+        stats = {"g_adv": adv.detach(), "rec_loss": rec_loss.detach(), "kl": kl.detach()}
+        if class_logits is not None:
+            ac = F.cross_entropy(class_logits[len(rec):], batch.y_fake)
+            loss = loss + cfg.lambda_ac * ac
+            stats["g_ac"] = ac.detach()
+        stats["g_loss"] = loss.detach()
         return loss, stats
+
+
+def _d_forward(D, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(real/fake logits, class logits or None): class logits only from an auxiliary-classifier D."""
+    if getattr(_unwrap(D), "conditioning", "projection") == "auxiliary":
+        return D(images, labels, with_classes=True)
+    return D(images, labels), None
 
 
 def _unwrap(module):

@@ -63,3 +63,12 @@ def log_generator(G: Generator, arch: dict, artifact_name: str = "generator"):
                                            artifacts={"generator": str(weights)}, signature=signature,
                                            input_example=example, code_paths=[str(components_dir)],
                                            pip_requirements=_requirements())
+
+
+def log_checkpoint_generator(ckpt: dict, artifact_name: str = "generator"):
+    """Log a training checkpoint's EMA generator (see log_generator); returns ModelInfo."""
+    from components.training.checkpoint import models_from_checkpoint
+
+    G, _, config = models_from_checkpoint(ckpt)
+    return log_generator(G, generator_arch(G, config["model"]["g_base_channels"], config["model"]["g_norm"]),
+                         artifact_name)

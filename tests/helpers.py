@@ -13,9 +13,13 @@ from pipeline.stages.train import build_loop_config
 REPO = Path(__file__).resolve().parent.parent
 
 
-def smoke_loop_config(data_dir: Path, **train_overrides) -> dict:
-    """configs/smoke.yaml as the plain-dict loop config, one worker, prepared data in data_dir."""
-    cfg = load_config(REPO / "configs" / "smoke.yaml")
+def smoke_loop_config(data_dir: Path, loss: dict | None = None, model: dict | None = None,
+                      **train_overrides) -> dict:
+    """configs/smoke.yaml as the plain-dict loop config, one worker, prepared data in data_dir; `loss` and
+    `model` override those sections' fields."""
+    sets = [f"{section}.{k}={v}" for section, fields in (("loss", loss), ("model", model))
+            for k, v in (fields or {}).items()]
+    cfg = load_config(REPO / "configs" / "smoke.yaml", sets)
     if not (data_dir / "manifest.json").exists():
         prepare_dataset(cfg.data, data_dir)
     return build_loop_config(cfg, data_dir, train_overrides={"num_workers": 1, **train_overrides})

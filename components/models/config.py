@@ -17,3 +17,5 @@ class ModelConfig(Section):
     g_norm: Literal["batch", "none"] = Field("batch", description="Normalisation in the decoder.")
     d_norm: Literal["batch", "spectral", "none"] = Field(
         "spectral", description="Discriminator normalisation; `spectral` is norm-free and DDP-safe on CPU.")
+    d_conditioning: Literal["projection", "auxiliary"] = Field(
+        "projection", description="How D uses the label: projection, or an auxiliary classifier head (AC-GAN).")

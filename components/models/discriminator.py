@@ -18,10 +18,18 @@ def _maybe_sn(layer: nn.Module, norm: str) -> nn.Module:
 
 
 class Discriminator(nn.Module):
-    """Real/fake logit for (image, label) pairs: logit = head(h) + <embed(y), sum_hw(h)>."""
+    """Real/fake logit for (image, label) pairs.
 
-    def __init__(self, channels: int, resolution: int, num_classes: int, base: int = 64, norm: str = "batch"):
+    conditioning="projection" (Miyato & Koyama 2018): logit = head(h) + <embed(y), sum_hw(h)>.
+    conditioning="auxiliary" (AC-GAN, Odena et al. 2017): logit = head(h), plus class logits from sum_hw(h)
+    when asked for with `with_classes=True` (a forward kwarg, so DDP still sees one forward)."""
+
+    def __init__(self, channels: int, resolution: int, num_classes: int, base: int = 64, norm: str = "batch",
+                 conditioning: str = "projection"):
         super().__init__()
+        if conditioning not in ("projection", "auxiliary"):
+            raise ValueError(f"conditioning must be projection or auxiliary, got {conditioning!r}")
+        self.conditioning = conditioning
         n_down = int(math.log2(resolution // 4))  # 32 -> 3, 64 -> 4 (the document's layout)
         if 4 * 2 ** n_down != resolution:
             raise ValueError(f"resolution must be 4 * 2^k, got {resolution}")
@@ -35,10 +43,16 @@ class Discriminator(nn.Module):
             width *= 2
         self.features = nn.Sequential(*layers)
         self.head = _maybe_sn(nn.Conv2d(width, 1, 4, 1, 0), norm)
-        self.projection = _maybe_sn(nn.Embedding(num_classes, width), norm)
+        if conditioning == "projection":
+            self.projection = _maybe_sn(nn.Embedding(num_classes, width), norm)
+        else:
+            self.classifier = _maybe_sn(nn.Linear(width, num_classes), norm)
 
-    def forward(self, x_bchw: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
-        """Logits (B,)."""
+    def forward(self, x_bchw: torch.Tensor, y_b: torch.Tensor, with_classes: bool = False):
+        """Logits (B,); with with_classes=True, (logits (B,), class logits (B, K)) for an auxiliary D."""
         h = self.features(x_bchw)  # (B, W, 4, 4)
         logit = self.head(h).flatten()
-        return logit + (self.projection(y_b) * h.sum(dim=(2, 3))).sum(dim=1)
+        pooled = h.sum(dim=(2, 3))
+        if self.conditioning == "projection":
+            return logit + (self.projection(y_b) * pooled).sum(dim=1)
+        return (logit, self.classifier(pooled)) if with_classes else logit

@@ -22,8 +22,20 @@ def _bare(module: torch.nn.Module) -> torch.nn.Module:
     return getattr(module, "module", module)
 
 
-def state_to_dict(state: GanState, resolved_config: dict) -> dict:
-    """Everything needed to resume bit-identically, plus the resolved config as JSON text."""
+def rank_rng_state(state: GanState) -> dict[str, torch.Tensor]:
+    """This rank's own random streams: torch's global RNG (augmentation, instance noise, GP alphas), the
+    sampler's (per-rank when each rank reads its own shard) and CUDA's when on a GPU."""
+    rng = {"torch": torch.get_rng_state(), "sampler": state.sampler.generator.get_state()}
+    if state.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(state.device)
+    return rng
+
+
+def state_to_dict(state: GanState, resolved_config: dict, loss=None,
+                  rank_rngs: list[dict[str, torch.Tensor]] | None = None) -> dict:
+    """Everything needed to resume bit-identically, plus the resolved config as JSON text.
+
+    rank_rngs: every rank's `rank_rng_state`, in rank order (rank 0 writes the file for all)."""
     return {
         "G": _bare(state.G).state_dict(),
         "D": _bare(state.D).state_dict(),
@@ -32,8 +44,9 @@ def state_to_dict(state: GanState, resolved_config: dict) -> dict:
         "opt_d": state.opt_d.state_dict(),
         "step": state.step,
         "diverged": state.diverged,
-        "rng": {"torch": torch.get_rng_state(), "noise": state.noise.get_state(),
-                "sampler": state.sampler.generator.get_state()},
+        "rng": {"noise": state.noise.get_state(), "ranks": rank_rngs or [rank_rng_state(state)]},
+        "scaler": state.scaler.state_dict() if state.scaler is not None else {},
+        "loss": loss.state_dict() if loss is not None else {},
         "trace": {k: torch.tensor(v, dtype=torch.float64) for k, v in state.trace.items()},
         "config_json": json.dumps(resolved_config, sort_keys=True),
         "shape": {"channels": state.G_ema.channels, "resolution": state.G_ema.resolution,
@@ -41,13 +54,14 @@ def state_to_dict(state: GanState, resolved_config: dict) -> dict:
     }
 
 
-def save_checkpoint(state: GanState, directory: str | Path, resolved_config: dict) -> Path:
+def save_checkpoint(state: GanState, directory: str | Path, resolved_config: dict, loss=None,
+                    rank_rngs: list[dict[str, torch.Tensor]] | None = None) -> Path:
     """Write `directory/checkpoint.pt` atomically (temp file, then os.replace)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
     os.close(fd)
-    torch.save(state_to_dict(state, resolved_config), tmp)
+    torch.save(state_to_dict(state, resolved_config, loss, rank_rngs), tmp)
     os.replace(tmp, directory / CHECKPOINT_FILE)
     return directory / CHECKPOINT_FILE
 
@@ -67,8 +81,10 @@ def load_checkpoint(path: str | Path) -> dict:
                         "re-save it with save_checkpoint or use a trusted file") from None
 
 
-def restore_state(state: GanState, ckpt: dict) -> None:
-    """Load weights, optimisers, RNG streams and trace into an already-built state."""
+def restore_state(state: GanState, ckpt: dict, loss=None) -> None:
+    """Load weights, optimisers, scaler, RNG streams, LeCam anchors and trace into an already-built state.
+
+    Each rank takes its own saved RNG streams; with a different world size it keeps its fresh seeding."""
     _bare(state.G).load_state_dict(ckpt["G"])
     _bare(state.D).load_state_dict(ckpt["D"])
     state.G_ema.load_state_dict(ckpt["G_ema"])
@@ -76,9 +92,21 @@ def restore_state(state: GanState, ckpt: dict) -> None:
     state.opt_d.load_state_dict(ckpt["opt_d"])
     state.step = int(ckpt["step"])
     state.diverged = bool(ckpt["diverged"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
     state.noise.set_state(ckpt["rng"]["noise"])
-    state.sampler.generator.set_state(ckpt["rng"]["sampler"])
+    ranks = ckpt["rng"]["ranks"]
+    if len(ranks) == state.world:
+        mine = ranks[state.rank]
+        torch.set_rng_state(mine["torch"])
+        state.sampler.generator.set_state(mine["sampler"])
+        if "cuda" in mine and state.device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda"], state.device)
+    elif state.rank == 0:
+        print(f"  checkpoint: saved with {len(ranks)} ranks, resuming on {state.world}; "
+              "per-rank random streams restart from the seed", flush=True)
+    if state.scaler is not None and ckpt.get("scaler"):
+        state.scaler.load_state_dict(ckpt["scaler"])
+    if loss is not None and ckpt.get("loss"):
+        loss.load_state_dict(ckpt["loss"])
     state.trace = {k: v.tolist() for k, v in ckpt["trace"].items()}
 
 

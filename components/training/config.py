@@ -13,6 +13,11 @@ class TrainConfig(Section):
 
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP ranks).")
     use_gpu: bool = Field(False, description="Put each worker on a GPU (NCCL); false means CPU and gloo.")
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="torch.distributed backend; auto means NCCL on GPUs, gloo on CPUs.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast dtype of the forward passes; fp16 adds a GradScaler (saved in checkpoints).")
+    channels_last: bool = Field(False, description="NHWC memory format for networks and inputs (faster convs on GPUs).")
     threads_per_worker: int = Field(1, ge=1, description="torch intra-op threads per worker.")
     resources_per_worker: dict[str, float] | None = Field(
         None, description="Ray resources per worker; default {CPU: threads_per_worker, GPU: 1 if use_gpu}.")
@@ -23,6 +28,7 @@ class TrainConfig(Section):
     betas_g: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of G.")
     betas_d: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of D.")
     weight_decay: float = Field(0.0, ge=0.0, description="Decoupled (AdamW) weight decay on both networks.")
+    d_steps_per_g: int = Field(1, ge=1, description="D (critic) steps per G step; WGAN-GP usually takes 5.")
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="EMA of G's weights; 0 disables averaging.")
     grad_clip: float | None = Field(None, gt=0.0, description="Clip each network's gradient norm to this.")
     target_labels: Literal["uniform", "data"] = Field(
@@ -40,4 +46,6 @@ class TrainConfig(Section):
             raise ValueError(f"batch_size: {self.batch_size} must be >= num_workers ({self.num_workers}); raise train.batch_size or lower train.num_workers")
         if self.batch_size % self.num_workers:
             raise ValueError(f"batch_size: {self.batch_size} must be divisible by num_workers ({self.num_workers}); raise train.batch_size or lower train.num_workers")
+        if self.backend == "nccl" and not self.use_gpu:
+            raise ValueError("backend: nccl needs GPUs; set train.use_gpu: true or train.backend: gloo")
         return self

@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from components import regularizers
 from components.losses import Batch, GANLoss
 from components.training.config import TrainConfig
 from components.training.state import GanState
@@ -69,21 +70,53 @@ def _mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, (t / _world()).tolist()))
 
 
+def _autocast(state: GanState, cfg: TrainConfig):
+    if cfg.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+    return torch.autocast(state.device.type, dtype=dtype)
+
+
+def _backward_and_step(loss_value: torch.Tensor, opt: torch.optim.Optimizer, module: torch.nn.Module,
+                       cfg: TrainConfig, scaler: torch.amp.GradScaler | None) -> float:
+    """Backward, (unscale,) measure or clip the gradient norm, step; returns the pre-clip norm."""
+    if scaler is None:
+        loss_value.backward()
+        norm = _grad_norm(module, cfg.grad_clip)
+        opt.step()
+        return norm
+    scaler.scale(loss_value).backward()
+    scaler.unscale_(opt)  # clip and measure true gradients, not scaled ones
+    norm = _grad_norm(module, cfg.grad_clip)
+    scaler.step(opt)
+    return norm
+
+
+def _schedule(state: GanState, loss: GANLoss, d_step: int) -> dict:
+    """This D step's instance-noise std and whether lazy R1 is due (the loop owns the schedule)."""
+    lc = loss.cfg
+    return {"noise_std": regularizers.instance_noise_std(lc.instance_noise, lc.instance_noise_steps, state.step),
+            "r1_due": d_step % lc.r1_every == 0}
+
+
 def one_step(state: GanState, loss: GANLoss, cfg: TrainConfig) -> dict[str, float]:
-    """One D step then one G step; returns this rank's scalar statistics."""
-    batch = next_batch(state)
-    state.opt_d.zero_grad(set_to_none=True)
-    d_loss, d_stats = loss.d_loss(state.G, state.D, batch)
-    d_loss.backward()
-    gn_d = _grad_norm(state.D, cfg.grad_clip)
-    state.opt_d.step()
+    """`d_steps_per_g` D steps, then one G step on the last batch; returns this rank's scalar statistics."""
+    for i in range(cfg.d_steps_per_g):
+        batch = next_batch(state)
+        for key, value in _schedule(state, loss, state.step * cfg.d_steps_per_g + i).items():
+            setattr(batch, key, value)
+        state.opt_d.zero_grad(set_to_none=True)
+        with _autocast(state, cfg):
+            d_loss, d_stats = loss.d_loss(state.G, state.D, batch)
+        gn_d = _backward_and_step(d_loss, state.opt_d, state.D, cfg, state.scaler)
 
     state.opt_g.zero_grad(set_to_none=True)
     with _frozen_and_unsynced(state.D):
-        g_loss, g_stats = loss.g_loss(state.G, state.D, batch)
-        g_loss.backward()
-    gn_g = _grad_norm(state.G, cfg.grad_clip)
-    state.opt_g.step()
+        with _autocast(state, cfg):
+            g_loss, g_stats = loss.g_loss(state.G, state.D, batch)
+        gn_g = _backward_and_step(g_loss, state.opt_g, state.G, cfg, state.scaler)
+    if state.scaler is not None:
+        state.scaler.update()
     # Ramp the EMA decay so early averages are not dominated by the random initialisation.
     update_ema(state.G_ema, state.G, min(cfg.ema_decay, (1 + state.step) / (10 + state.step)))
     stats = {k: float(v) for k, v in {**d_stats, **g_stats}.items()}

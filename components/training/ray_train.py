@@ -13,7 +13,7 @@ from components.data.shards import read_manifest
 from components.losses import GANLoss, LossConfig
 from components.models import ModelConfig
 from components.plots import class_sample_grid
-from components.training.checkpoint import load_checkpoint, restore_state, save_checkpoint
+from components.training.checkpoint import load_checkpoint, rank_rng_state, restore_state, save_checkpoint
 from components.training.config import TrainConfig
 from components.training.loop import train_steps
 from components.training.mlflow_logger import MlflowRunLogger
@@ -60,7 +60,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as d:
-            restore_state(state, load_checkpoint(d))
+            restore_state(state, load_checkpoint(d), loss)
         apply_hyperparameters(state, cfg)
         if rank == 0:
             print(f"  train: resuming from the checkpoint at step {state.step}", flush=True)
@@ -85,10 +85,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if final or st.step % cfg.sample_grid_every == 0:
                 logger.log_png(class_sample_grid(st.G_ema, st.num_classes, z_fixed),
                                f"samples/step_{st.step:06d}.png")
+        rank_rngs = gather_from_ranks(rank_rng_state(st), world) if due else None
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if due and rank == 0:
-                save_checkpoint(st, tmp, loop_config["resolved_config"])
+                save_checkpoint(st, tmp, loop_config["resolved_config"], loss, rank_rngs)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             if due:
                 last_ckpt[0] = st.step
@@ -137,13 +138,15 @@ def progress_line(what: str, step: int, total: int, batch: int, m: dict[str, flo
 def run_torch_trainer(loop_config: dict, storage_path: Path, run_name: str):
     """Launch `train_loop_per_worker` on a TorchTrainer; returns the Ray Train Result."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = TrainConfig(**loop_config["train"])
+    backend = {"auto": "nccl" if cfg.use_gpu else "gloo"}.get(cfg.backend, cfg.backend)
     datasets = {"train": ray_dataset(loop_config["data_dir"], "train")} if loop_config.get("reader") == "ray_data" else None
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
+        torch_config=TorchConfig(backend=backend),
         datasets=datasets,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=cfg.resources_per_worker or {

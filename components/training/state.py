@@ -32,6 +32,7 @@ class GanState:
     step: int = 0
     diverged: bool = False
     trace: dict[str, list[float]] = field(default_factory=dict)
+    scaler: torch.amp.GradScaler | None = None  # fp16 only; bf16 and fp32 need no loss scaling
 
 
 def make_state(model_cfg: ModelConfig, cfg: TrainConfig, data: SplitTensors, num_classes: int,
@@ -45,6 +46,8 @@ def make_state(model_cfg: ModelConfig, cfg: TrainConfig, data: SplitTensors, num
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     _, c, h, _ = data.images_u8.shape
     G, D = build_models(model_cfg, c, h, num_classes)
+    if cfg.channels_last:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False).to(device)
     torch.manual_seed(seed)  # per-rank stream for reparameterisation noise
     G, D = wrap(G), wrap(D)
@@ -56,7 +59,9 @@ def make_state(model_cfg: ModelConfig, cfg: TrainConfig, data: SplitTensors, num
     counts = torch.bincount(data.labels, minlength=num_classes).float()
     label_probs = torch.full((num_classes,), 1.0 / num_classes) if cfg.target_labels == "uniform" else counts / counts.sum()
     noise = torch.Generator().manual_seed(cfg.seed + 7919)  # shared: global noise batches, sliced per rank
-    return GanState(G, D, G_ema, opt_g, opt_d, sampler, noise, num_classes, label_probs, device, rank, world)
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    return GanState(G, D, G_ema, opt_g, opt_d, sampler, noise, num_classes, label_probs, device, rank, world,
+                    scaler=scaler)
 
 
 def apply_hyperparameters(state: GanState, cfg: TrainConfig) -> None:

@@ -9,8 +9,8 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from components.promotion import decide, ensure_registered_model, summary_tags
-from components.registry import generator_arch, log_generator
-from components.training.checkpoint import load_checkpoint, models_from_checkpoint
+from components.registry import log_checkpoint_generator
+from components.training.checkpoint import load_checkpoint
 from pipeline.stages.context import StageContext, read_json
 
 
@@ -27,8 +27,7 @@ def print_decision(decision: dict) -> None:
 def run(ctx: StageContext) -> dict:
     pc = ctx.cfg.promote
     evaluation = read_json(ctx.input("evaluate") / "evaluation.json")
-    G, _, config = models_from_checkpoint(load_checkpoint(ctx.input("tune") / "candidate"))
-    info = log_generator(G, generator_arch(G, config["model"]["g_base_channels"], config["model"]["g_norm"]))
+    info = log_checkpoint_generator(load_checkpoint(ctx.input("tune") / "candidate"))
 
     client = MlflowClient()
     ensure_registered_model(client, pc.model_name)

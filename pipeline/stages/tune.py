@@ -68,9 +68,9 @@ def tune_trial(trial: dict, base: dict, campaign: dict) -> None:
     resumed = tune.get_checkpoint()
     if resumed is not None:  # Tune restarted this trial: continue it
         with resumed.as_directory() as d:
-            restore_state(state, load_checkpoint(d))
+            restore_state(state, load_checkpoint(d), loss)
     elif warm is not None:  # continue the train stage's networks under this trial's settings
-        restore_state(state, warm)
+        restore_state(state, warm, loss)
     apply_hyperparameters(state, cfg)  # the trial's (possibly mutated) values win over the saved ones
     cfg = cfg.model_copy(update={"steps": (int(warm["step"]) if warm else 0) + campaign["steps"]})
     w = campaign["weights"]
@@ -83,7 +83,7 @@ def tune_trial(trial: dict, base: dict, campaign: dict) -> None:
             return
         with tempfile.TemporaryDirectory() as tmp:  # the final state is the trial's candidate model
             resolved = {**config["resolved_config"], **{k: config[k] for k in ("train", "loss", "model")}}
-            save_checkpoint(st, tmp, resolved)
+            save_checkpoint(st, tmp, resolved, loss)
             tune.report({**metrics, **scores}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     train_steps(state, loss, cfg, cfg.steps, on_report)
