@@ -4,7 +4,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import data_bench  # noqa: E402
+from bench import data_bench, trainer_bench  # noqa: E402
 
 if __name__ == "__main__":
     data_bench.main()
+    trainer_bench.main()

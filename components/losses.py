@@ -137,7 +137,8 @@ class GANLoss:
         n_real, n_fake = len(batch.x), len(fake)
         real_l, fake_l, interp_l = logits.split([n_real, n_fake, len(logits) - n_real - n_fake])
         loss_real, loss_fake = d_adversarial(cfg.objective, real_l, fake_l, cfg.label_smoothing)
-        loss = _wmean(loss_real, batch.w) + loss_fake.mean()
+        adversarial = _wmean(loss_real, batch.w) + loss_fake.mean()
+        loss = adversarial
         stats = {}
         if class_logits is not None:
             cls_real, cls_fake, _ = class_logits.split([n_real, n_fake, len(logits) - n_real - n_fake])
@@ -159,7 +160,9 @@ class GANLoss:
             stats["lecam"] = penalty.detach()
             self._update_anchors(real_l.detach(), fake_l.detach())
         stats.update({
-            "d_loss": loss.detach(),
+            # d_loss is the adversarial objective alone: lazy R1 would otherwise look like oscillation.
+            "d_loss": adversarial.detach(),
+            "d_total": loss.detach(),
             "d_real": torch.sigmoid(real_l.detach()).mean(),
             "d_fake": torch.sigmoid(fake_l.detach()).mean(),
             "d_acc_real": (real_l.detach() > 0).float().mean(),

@@ -42,10 +42,14 @@ class SearchDim(Section):
 class StabilityWeights(Section):
     """Weights of the composite stability score (lower is better); see components/metrics/stability.py."""
 
-    oscillation: float = Field(1.0, ge=0.0, description="Weight of the windowed std of D and G losses.")
+    # Detrended loss stds are about a tenth of the KL and balance terms on digits: 4 gives them equal say.
+    oscillation: float = Field(4.0, ge=0.0, description="Weight of the windowed (detrended) std of D and G losses.")
     balance: float = Field(1.0, ge=0.0, description="Weight of |r_t - target| (D overfitting signal).")
     grad_spikes: float = Field(1.0, ge=0.0, description="Weight of the gradient-spike rate.")
     r_target: float = Field(0.6, ge=-1.0, le=1.0, description="Target of r_t = E[sign D(real)].")
+    class_kl: float = Field(1.0, ge=0.0, description="Weight of KL(generated class histogram || target).")
+    coverage: float = Field(1.0, ge=0.0, description="Weight of the share of classes not covered.")
+    fcd: float = Field(0.0, ge=0.0, description="Weight of FCD/100 (optional quality term; 0 leaves it out).")
 
 
 class TuneConfig(Section):
@@ -56,7 +60,19 @@ class TuneConfig(Section):
     report_every: int = Field(25, ge=1, description="Steps between trial reports.")
     max_concurrent_trials: int = Field(2, ge=1, description="Trials running at once.")
     window: int = Field(50, ge=2, description="Steps in the trailing window of stability metrics.")
-    scheduler: Literal["asha", "none"] = Field("asha", description="Early stopping of unstable trials.")
+    scheduler: Literal["asha", "pbt", "none"] = Field(
+        "asha", description="asha stops unstable trials early; pbt mutates (log)uniform and choice dimensions.")
+    pbt_interval: int = Field(2, ge=1, description="PBT: reports between exploit/explore steps.")
+    search_alg: Literal["basic", "optuna"] = Field(
+        "basic", description="basic: Tune's grid/random variants; optuna: TPE (pip install -e .[optuna]).")
+    trial_workers: int = Field(
+        1, ge=1, description="DDP workers per trial; >1 launches a TorchTrainer from the trial function.")
+    trial_resources: dict[str, float] | None = Field(
+        None, description="Resources of each trial process; default {cpu: 1}, or {cpu: 0} with trial_workers > 1.")
+    coverage_per_class: int = Field(
+        10, ge=0, description="Generated samples per class scored by the evaluator each report; 0 skips coverage.")
+    campaign: str | None = Field(
+        None, description="A configs/tune/*.yaml file whose keys fill this section (keys set here win).")
     search_space: dict[str, SearchDim] = Field(default_factory=dict, description="Dotted key -> dimension.")
     weights: StabilityWeights = Field(default_factory=StabilityWeights)
     warm_start: bool = Field(
@@ -74,6 +90,15 @@ class TuneConfig(Section):
             if section not in sections or field not in sections[section].model_fields:
                 raise ValueError(f"unknown tunable key {key!r}; use train.*, loss.* or model.* fields")
         return space
+
+    @model_validator(mode="after")
+    def _scheduler_fits_the_space(self) -> "TuneConfig":
+        if self.scheduler == "pbt":
+            if self.trial_workers > 1:
+                raise ValueError("scheduler: pbt runs one-worker trials; set tune.trial_workers=1 or tune.scheduler=asha")
+            if not self.search_space:
+                raise ValueError("scheduler: pbt needs tune.search_space dimensions to mutate")
+        return self
 
     @model_validator(mode="after")
     def _warm_start_keeps_architecture(self) -> "TuneConfig":
@@ -157,10 +182,30 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
         raise UserError(f"config file {path} must be a mapping of sections")
     for assignment in overrides:
         apply_override(tree, assignment)
+    merge_campaign(tree, path.parent)
     try:
         return build(PipelineConfig, tree)
     except UserError as err:
         raise UserError(f"{path}: {err}") from None
+
+
+def merge_campaign(tree: dict, config_dir: Path) -> None:
+    """Fill the tune section from the file named by tune.campaign (relative to the working directory or the
+    config's directory); keys set inline win over the file's."""
+    tune = tree.get("tune")
+    if not isinstance(tune, dict) or not tune.get("campaign"):
+        return
+    name = Path(tune["campaign"])
+    found = next((p for p in (name, config_dir / name, config_dir.parent / name) if p.is_file()), None)
+    if found is None:
+        raise UserError(f"tune.campaign: file not found: {name} (see configs/tune/ for campaigns)")
+    try:
+        campaign = yaml.safe_load(found.read_text()) or {}
+    except yaml.YAMLError:
+        raise UserError(f"tune.campaign: {found} is not valid YAML") from None
+    if not isinstance(campaign, dict):
+        raise UserError(f"tune.campaign: {found} must be a mapping of tune.* keys")
+    tree["tune"] = {**campaign, **tune, "campaign": str(found)}
 
 
 def dump_config(cfg: PipelineConfig) -> str:

@@ -2,6 +2,11 @@
 space of the Frechet distance, and its predictions give class coverage and recall."""
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -62,3 +67,32 @@ def predict(model: EvaluatorCNN, x_bchw: torch.Tensor, batch: int = 512) -> tupl
         feats.append(f)
         preds.append(model.classifier(f).argmax(1))
     return torch.cat(feats), torch.cat(preds)
+
+
+def classifier_cache_path(cache_dir: Path, digest: str, steps: int, seed: int) -> Path:
+    """Where the evaluator trained on data `digest` with (steps, seed) is cached."""
+    key = hashlib.sha256(f"{digest}:{steps}:{seed}:v1".encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"evaluator-{key}.pt"
+
+
+def load_classifier(path: Path, channels: int, resolution: int, num_classes: int) -> EvaluatorCNN:
+    model = EvaluatorCNN(channels, resolution, num_classes)
+    model.load_state_dict(torch.load(path, weights_only=True))
+    return model.eval()
+
+
+def cached_classifier(cache_dir: Path, digest: str, data: SplitTensors, num_classes: int, steps: int,
+                      seed: int) -> EvaluatorCNN:
+    """Train the evaluator once per (data digest, steps, seed); later runs (and tune trials) load it."""
+    path = classifier_cache_path(cache_dir, digest, steps, seed)
+    _, c, h, _ = data.images_u8.shape
+    if path.exists():
+        return load_classifier(path, c, h, num_classes)
+    print(f"  evaluator: training the classifier on real data ({steps} steps)", flush=True)
+    model = train_classifier(data, num_classes, steps, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    return model

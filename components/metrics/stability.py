@@ -3,6 +3,9 @@
 stability_score = w_osc * (std(d_loss) + std(g_loss)) over the trailing window
                 + w_bal * |r_t - r_target|,  r_t = E[sign D(real)] over the window (1 = D overfits)
                 + w_spk * grad-spike rate
+                + w_kl  * KL(generated class histogram || target)      } from the evaluator classifier on a
+                + w_cov * (1 - classes covered / classes)               } fixed batch of samples, when given
+                + w_fcd * FCD(generated, real) / 100                    } (optional quality term, off by default)
                 = inf if the run diverged.
 Lower is better. Every component is reported on its own next to the score.
 """
@@ -18,12 +21,19 @@ def _tail(trace: dict[str, list[float]], key: str, window: int) -> np.ndarray:
 
 
 def oscillation(trace: dict[str, list[float]], window: int) -> dict[str, float]:
-    """Windowed std and least-squares slope (trend per step) of the D and G losses."""
+    """Over the trailing window, for the D and G losses: the least-squares slope (trend per step) and the std
+    around that line. Detrended, so a loss that falls steadily does not count as oscillating."""
     out = {}
     for key in ("d_loss", "g_loss"):
         tail = _tail(trace, key, window)
-        out[f"{key}_std"] = float(tail.std()) if len(tail) > 1 else 0.0
-        out[f"{key}_trend"] = float(np.polyfit(np.arange(len(tail)), tail, 1)[0]) if len(tail) > 1 else 0.0
+        if len(tail) > 2 and np.all(np.isfinite(tail)):
+            t = np.arange(len(tail))
+            slope, intercept = np.polyfit(t, tail, 1)
+            out[f"{key}_std"] = float((tail - (slope * t + intercept)).std())
+            out[f"{key}_trend"] = float(slope)
+        else:
+            out[f"{key}_std"] = float(tail.std()) if len(tail) > 1 else 0.0
+            out[f"{key}_trend"] = 0.0
     return out
 
 
@@ -67,13 +77,28 @@ STABILITY_METRICS = {
 }
 
 
+def mode_terms(class_hist: dict[str, float], num_classes: int, fcd: float | None = None) -> dict[str, float]:
+    """The mode-coverage inputs of the score from `class_histogram` output (and an optional FCD)."""
+    out = {"class_kl": class_hist["class_kl"], "classes_covered": class_hist["classes_covered"],
+           "uncovered_share": 1.0 - class_hist["classes_covered"] / num_classes}
+    if fcd is not None:
+        out["fcd"] = fcd
+    return out
+
+
 def stability_score(trace: dict[str, list[float]], window: int, w_osc: float = 1.0, w_bal: float = 1.0,
-                    w_spk: float = 1.0, r_target: float = 0.6, bound: float = 1e4) -> dict[str, float]:
-    """All stability components plus `stability_score` (inf, never NaN, if diverged)."""
+                    w_spk: float = 1.0, r_target: float = 0.6, bound: float = 1e4,
+                    modes: dict[str, float] | None = None, w_kl: float = 1.0, w_cov: float = 1.0,
+                    w_fcd: float = 0.0) -> dict[str, float]:
+    """All stability components plus `stability_score` (inf, never NaN, if diverged).
+
+    modes: `mode_terms` output for the current generator; without it the coverage terms are left out."""
     parts = {**oscillation(trace, window), **balance(trace, window, r_target), **grad_spikes(trace, window),
-             **divergence(trace, bound)}
+             **divergence(trace, bound), **(modes or {})}
     if parts["diverged"]:
         return {**parts, "stability_score": math.inf}
     score = (w_osc * (parts["d_loss_std"] + parts["g_loss_std"]) + w_bal * parts["r_t_gap"]
              + w_spk * parts["grad_spike_rate"])
+    if modes:
+        score += w_kl * modes["class_kl"] + w_cov * modes["uncovered_share"] + w_fcd * modes.get("fcd", 0.0) / 100
     return {**parts, "stability_score": float(score) if math.isfinite(score) else math.inf}

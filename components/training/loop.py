@@ -133,7 +133,9 @@ def train_steps(state: GanState, loss: GANLoss, cfg: TrainConfig, until_step: in
     window: dict[str, list[float]] = {}
     t0, images = time.perf_counter(), 0
     while state.step < until_step and not state.diverged:
+        t_step = time.perf_counter()
         stats = one_step(state, loss, cfg)
+        stats["step_time_s"] = time.perf_counter() - t_step  # in the trace: robust (median) speed figures
         state.step += 1
         images += cfg.batch_size
         for k, v in stats.items():

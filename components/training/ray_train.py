@@ -11,6 +11,7 @@ from components.data.ray_reader import ray_dataset, shard_tensors
 from components.data.reader import SplitTensors, load_split
 from components.data.shards import read_manifest
 from components.losses import GANLoss, LossConfig
+from components.metrics.trial_scoring import TrialScorer
 from components.models import ModelConfig
 from components.plots import class_sample_grid
 from components.training.checkpoint import load_checkpoint, rank_rng_state, restore_state, save_checkpoint
@@ -61,9 +62,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if resumed is not None:
         with resumed.as_directory() as d:
             restore_state(state, load_checkpoint(d), loss)
-        apply_hyperparameters(state, cfg)
         if rank == 0:
             print(f"  train: resuming from the checkpoint at step {state.step}", flush=True)
+    elif loop_config.get("init_checkpoint"):  # warm start (tune trials continue the trained networks)
+        restore_state(state, load_checkpoint(loop_config["init_checkpoint"]), loss)
+    apply_hyperparameters(state, cfg)
+    scorer = None
+    if loop_config.get("scoring") and rank == 0:
+        _, c, h, _ = state.sampler.data.images_u8.shape
+        scorer = TrialScorer(loop_config["scoring"], c, h, state.num_classes)
 
     nodes = worker_node_ids(world)  # gathered up front: every rank must join the collective
     mlflow_cfg = loop_config.get("mlflow")
@@ -76,6 +83,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         due = final or st.step - last_ckpt[0] >= cfg.checkpoint_every
         if rank == 0:
             print(progress_line("train", st.step, cfg.steps, cfg.batch_size, metrics), flush=True)
+        if scorer is not None:  # rank 0's metrics are the ones Tune sees
+            metrics = {**metrics, **scorer(st)}
         if final:
             digests = gather_from_ranks(param_digest(st), world)
             metrics = {**metrics, "worker_nodes": nodes, "param_digests": digests,
@@ -135,8 +144,10 @@ def progress_line(what: str, step: int, total: int, batch: int, m: dict[str, flo
             f"{m['images_per_s']:.0f} img/s  ETA {eta_s:.0f}s")
 
 
-def run_torch_trainer(loop_config: dict, storage_path: Path, run_name: str):
-    """Launch `train_loop_per_worker` on a TorchTrainer; returns the Ray Train Result."""
+def run_torch_trainer(loop_config: dict, storage_path: Path, run_name: str, callbacks: list | None = None):
+    """Launch `train_loop_per_worker` on a TorchTrainer; returns the Ray Train Result.
+
+    callbacks: Ray Train callbacks, e.g. Tune's TuneReportCallback when a tune trial launches it."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -157,6 +168,7 @@ def run_torch_trainer(loop_config: dict, storage_path: Path, run_name: str):
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),  # our own progress lines say enough
+            callbacks=callbacks or [],
         ),
     )
     return trainer.fit()

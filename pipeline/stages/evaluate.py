@@ -6,9 +6,6 @@ Writes: evaluation.json (schema-versioned; promote reads it), per_class.csv, sam
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import mlflow
@@ -18,33 +15,13 @@ import torch
 from components.data.reader import SplitTensors, load_split
 from components.data.shards import read_manifest
 from components.metrics import QUALITY_METRICS
-from components.metrics.classifier import EvaluatorCNN, predict, train_classifier
+from components.metrics.classifier import cached_classifier, predict
 from components.metrics.robustness import classifier_robustness, d_robustness, g_robustness
 from components.plots import bar_chart, class_sample_grid, robustness_figure
 from components.training.checkpoint import load_checkpoint, models_from_checkpoint
 from pipeline.stages.context import StageContext
 
 EVALUATION_SCHEMA_VERSION = 1
-
-
-def cached_classifier(cache_dir: Path, digest: str, data: SplitTensors, num_classes: int, steps: int,
-                      seed: int) -> EvaluatorCNN:
-    """Train the evaluator once per (data digest, steps, seed); later runs load it."""
-    key = hashlib.sha256(f"{digest}:{steps}:{seed}:v1".encode()).hexdigest()[:16]
-    path = cache_dir / f"evaluator-{key}.pt"
-    _, c, h, _ = data.images_u8.shape
-    if path.exists():
-        model = EvaluatorCNN(c, h, num_classes)
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval()
-    print(f"  evaluate: training the evaluator classifier ({steps} steps)", flush=True)
-    model = train_classifier(data, num_classes, steps, seed)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-    os.close(fd)
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-    return model
 
 
 @torch.no_grad()

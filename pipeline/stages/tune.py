@@ -15,13 +15,18 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
 
-from components.metrics.stability import stability_score
+from components.data.reader import load_split
+from components.data.shards import read_manifest
+from components.errors import UserError
+from components.metrics.classifier import cached_classifier, classifier_cache_path, predict
+from components.metrics.trial_scoring import TrialScorer
 from components.plots import line_chart, scatter_chart
 from components.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_state, save_checkpoint
 from components.training.loop import train_steps
-from components.training.ray_train import build_worker_state
+from components.training.ray_train import build_worker_state, run_torch_trainer
 from components.training.state import apply_hyperparameters
 from pipeline.config import SearchDim
 from pipeline.stages.context import StageContext
@@ -45,68 +50,162 @@ def to_param_space(space: dict[str, SearchDim]) -> dict:
     return nested
 
 
-def merge_trial(base: dict, trial: dict) -> dict:
-    """The base loop config with the trial's sampled sections laid over it (one worker, no MLflow)."""
+def merge_trial(base: dict, trial: dict, workers: int = 1) -> dict:
+    """The base loop config with the trial's sampled sections laid over it (no MLflow from trials)."""
     merged = copy.deepcopy(base)
     for section, values in trial.items():
         merged[section].update(values)
-    merged["train"]["num_workers"] = 1
+    merged["train"]["num_workers"] = workers
     merged["mlflow"] = None
     return merged
 
 
 def tune_trial(trial: dict, base: dict, campaign: dict) -> None:
-    """One trial in the trial process: the same train_steps loop, reporting stability every interval."""
+    """One trial. One worker: the same train_steps loop in the trial process (least start-up). More: a
+    TorchTrainer launched from here, whose rank 0 reports through TuneReportCallback."""
     from ray import tune
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # no per-checkpoint chatter; we print progress
-    torch.set_num_threads(1)
-    config = merge_trial(base, trial)
+    config = merge_trial(base, trial, campaign["trial_workers"])
     config["train"]["report_every"] = campaign["report_every"]
+    warm_path = campaign["warm_start_checkpoint"]
+    warm_step = int(load_checkpoint(warm_path)["step"]) if warm_path else 0
+    config["train"]["steps"] = warm_step + campaign["steps"]
+    config["resolved_config"] = {**config["resolved_config"], **{k: config[k] for k in ("train", "loss", "model")}}
+    if campaign["trial_workers"] > 1:
+        _distributed_trial(config, campaign)
+        return
+
+    torch.set_num_threads(1)
     state, cfg, loss = build_worker_state(config, rank=0, world=1)
-    warm = load_checkpoint(campaign["warm_start_checkpoint"]) if campaign["warm_start_checkpoint"] else None
     resumed = tune.get_checkpoint()
-    if resumed is not None:  # Tune restarted this trial: continue it
+    if resumed is not None:  # Tune restarted this trial, or PBT cloned a better one: continue from it
         with resumed.as_directory() as d:
             restore_state(state, load_checkpoint(d), loss)
-    elif warm is not None:  # continue the train stage's networks under this trial's settings
-        restore_state(state, warm, loss)
+    elif warm_path:  # continue the train stage's networks under this trial's settings
+        restore_state(state, load_checkpoint(warm_path), loss)
     apply_hyperparameters(state, cfg)  # the trial's (possibly mutated) values win over the saved ones
-    cfg = cfg.model_copy(update={"steps": (int(warm["step"]) if warm else 0) + campaign["steps"]})
-    w = campaign["weights"]
+    _, c, h, _ = state.sampler.data.images_u8.shape
+    scorer = TrialScorer(campaign["scoring"], c, h, state.num_classes)
 
     def on_report(st, metrics):
-        scores = stability_score(st.trace, campaign["window"], w["oscillation"], w["balance"], w["grad_spikes"],
-                                 w["r_target"], cfg.divergence_bound)
-        if st.step < cfg.steps and not st.diverged:
-            tune.report({**metrics, **scores})
+        metrics = {**metrics, **scorer(st)}
+        final = st.step >= cfg.steps or st.diverged
+        if not (final or campaign["checkpoint_every_report"]):
+            tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:  # the final state is the trial's candidate model
-            resolved = {**config["resolved_config"], **{k: config[k] for k in ("train", "loss", "model")}}
-            save_checkpoint(st, tmp, resolved, loss)
-            tune.report({**metrics, **scores}, checkpoint=tune.Checkpoint.from_directory(tmp))
+            save_checkpoint(st, tmp, config["resolved_config"], loss)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     train_steps(state, loss, cfg, cfg.steps, on_report)
 
 
-def run_campaign(ctx: StageContext, base: dict):
+def _distributed_trial(config: dict, campaign: dict) -> None:
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    config["scoring"] = campaign["scoring"]
+    config["init_checkpoint"] = campaign["warm_start_checkpoint"]
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    result = run_torch_trainer(config, trial_dir, "train", callbacks=[TuneReportCallback()])
+    if result.error is not None:
+        raise RuntimeError(f"trial training failed: {result.error}")
+
+
+def param_space(tc) -> dict:
+    """The Tune param space; Optuna has no grid, so grid dimensions become choices there."""
+    space = tc.search_space
+    if tc.search_alg == "optuna":
+        space = {k: d.model_copy(update={"type": "choice"}) if d.type == "grid" else d for k, d in space.items()}
+    return to_param_space(space)
+
+
+def pbt_mutations(space: dict[str, SearchDim]) -> dict:
+    """PBT's hyperparam_mutations, nested like the param space: each dimension resamples from its own range."""
+    from ray import tune
+
+    makers = {"choice": lambda d: list(d.values), "grid": lambda d: list(d.values),
+              "loguniform": lambda d: tune.loguniform(d.low, d.high), "uniform": lambda d: tune.uniform(d.low, d.high)}
+    nested: dict = {}
+    for key, dim in space.items():
+        section, field = key.split(".", 1)
+        nested.setdefault(section, {})[field] = makers[dim.type](dim)
+    return nested
+
+
+def build_scheduler(tc):
+    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+
+    max_t = max(1, math.ceil(tc.steps / tc.report_every))
+    if tc.scheduler == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=max(1, max_t // 4),
+                             reduction_factor=2)
+    if tc.scheduler == "pbt":
+        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=tc.pbt_interval,
+                                       hyperparam_mutations=pbt_mutations(tc.search_space), synch=False,
+                                       seed=tc.seed)
+    return None
+
+
+def build_search_alg(tc):
+    """Tune's basic variant generator (grid and random, seeded), or Optuna's TPE when installed."""
+    if tc.search_alg == "optuna":
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise UserError("tune.search_alg is optuna but optuna is not installed: pip install -e '.[optuna]' "
+                            "or set tune.search_alg=basic") from None
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(metric="stability_score", mode="min", seed=tc.seed)
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=tc.seed)
+
+
+def trial_resources(tc) -> dict:
+    if tc.trial_resources is not None:
+        return {k.lower(): v for k, v in tc.trial_resources.items()}
+    return {"cpu": 1} if tc.trial_workers == 1 else {"cpu": 0}  # a multi-worker trial only waits on its workers
+
+
+def scoring_spec(ctx: StageContext, data_dir: Path) -> dict:
+    """What every trial needs to score itself: window, weights, and the evaluator classifier (trained once,
+    cached by data digest, shared with the evaluate stage) plus real features when FCD is weighted."""
+    tc, ec = ctx.cfg.tune, ctx.cfg.evaluate
+    spec = {"window": tc.window, "weights": tc.weights.model_dump(),
+            "divergence_bound": ctx.cfg.train.divergence_bound, "per_class": tc.coverage_per_class}
+    if tc.coverage_per_class > 0 or tc.weights.fcd > 0:
+        manifest = read_manifest(data_dir)
+        train = load_split(data_dir, "train")
+        clf = cached_classifier(ctx.work_dir / "cache", manifest["digest"], train, manifest["num_classes"],
+                                ec.classifier_steps, ec.seed)
+        spec["evaluator"] = str(classifier_cache_path(ctx.work_dir / "cache", manifest["digest"],
+                                                      ec.classifier_steps, ec.seed).resolve())
+        if tc.weights.fcd > 0:
+            feats, _ = predict(clf, load_split(data_dir, "val").images_float())
+            np.save(ctx.out_dir / "real_features.npy", feats.numpy())
+            spec["real_features"] = str((ctx.out_dir / "real_features.npy").resolve())
+    return spec
+
+
+def run_campaign(ctx: StageContext, base: dict, resume: bool = True):
     """Tuner.fit over the configured space; returns the ResultGrid."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     tc = ctx.cfg.tune
     # Trials checkpoint only at their end; Tune's "snapshotting too often" hint does not apply.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     warm = ctx.input("train") / CHECKPOINT_FILE if tc.warm_start else None
-    campaign = {"steps": tc.steps, "report_every": tc.report_every, "window": tc.window,
-                "weights": tc.weights.model_dump(), "warm_start_checkpoint": str(warm) if warm else None}
-    max_t = max(1, math.ceil(tc.steps / tc.report_every))
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=max(1, max_t // 4),
-                              reduction_factor=2) if tc.scheduler == "asha" else None
-    trainable = tune.with_resources(tune.with_parameters(tune_trial, base=base, campaign=campaign), {"cpu": 1})
+    campaign = {"steps": tc.steps, "report_every": tc.report_every, "trial_workers": tc.trial_workers,
+                "scoring": scoring_spec(ctx, Path(base["data_dir"])), "checkpoint_every_report": tc.scheduler == "pbt",
+                "warm_start_checkpoint": str(warm) if warm else None}
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, base=base, campaign=campaign),
+                                    trial_resources(tc))
     storage = (ctx.work_dir / "ray_results").resolve()
     name = f"{ctx.cfg.name}-tune-{ctx.fingerprint[:12]}"
-    if (storage / name).exists() and ctx.forced:
+    if (storage / name).exists() and (ctx.forced or not resume):
         shutil.rmtree(storage / name)
     if tune.Tuner.can_restore(str(storage / name)):
         # An interrupted campaign with the same fingerprint: finished trials are kept, the rest continue.
@@ -116,9 +215,10 @@ def run_campaign(ctx: StageContext, base: dict):
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space=to_param_space(tc.search_space),
+            param_space=param_space(tc),
             tune_config=tune.TuneConfig(metric="stability_score", mode="min", num_samples=tc.num_samples,
-                                        scheduler=scheduler, max_concurrent_trials=tc.max_concurrent_trials),
+                                        scheduler=build_scheduler(tc), search_alg=build_search_alg(tc),
+                                        max_concurrent_trials=tc.max_concurrent_trials),
             run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
@@ -126,13 +226,18 @@ def run_campaign(ctx: StageContext, base: dict):
 
 
 def _trial_rows(results) -> list[dict]:
+    from ray.tune import Checkpoint
+
     rows = []
     for i, r in enumerate(results):
         m = r.metrics or {}
         score = m.get("stability_score", math.inf)
+        checkpoint = r.checkpoint
+        if checkpoint is None and m.get("checkpoint_path"):  # multi-worker trials: Ray Train's checkpoint
+            checkpoint = Checkpoint(m["checkpoint_path"])
         rows.append({"trial": i, "config": r.config, "score": score if score == score else math.inf,
                      "steps": m.get("step", 0), "diverged": m.get("diverged", 0.0), "metrics": m,
-                     "history": r.metrics_dataframe, "checkpoint": r.checkpoint, "error": r.error})
+                     "history": r.metrics_dataframe, "checkpoint": checkpoint, "error": r.error})
     return rows
 
 
@@ -140,6 +245,10 @@ def pick_best(rows: list[dict]) -> dict:
     """Lowest score among trials that ran to the end (ASHA judged the stopped ones worse at their rung)."""
     finished = [r for r in rows if r["checkpoint"] is not None and math.isfinite(r["score"])]
     return min(finished or rows, key=lambda r: (r["score"], r["trial"]))
+
+
+TRIAL_METRICS = ("stability_score", "d_loss", "g_loss", "r_t", "grad_spike_rate", "d_loss_std", "g_loss_std",
+                 "class_kl", "classes_covered", "fcd", "lr_g", "lr_d")
 
 
 def _log_trials(rows: list[dict]) -> None:
@@ -150,7 +259,7 @@ def _log_trials(rows: list[dict]) -> None:
             hist = row["history"]
             if hist is not None:
                 for _, rec in hist.iterrows():
-                    mlflow.log_metrics({k: float(rec[k]) for k in ("stability_score", "d_loss", "g_loss", "r_t")
+                    mlflow.log_metrics({k: float(rec[k]) for k in TRIAL_METRICS
                                         if k in rec and rec[k] == rec[k]}, step=int(rec["step"]))
             mlflow.set_tag("status", "error" if row["error"] else ("diverged" if row["diverged"] else "finished"))
 

@@ -1,0 +1,153 @@
+"""Trainer benchmark: the same model, batch and step in three modes, as the train-stage issue asks.
+
+- bare:        the pure loop in this process, no distribution (1 process);
+- ddp:         plain torch.distributed DDP, 2 processes, gloo on 127.0.0.1;
+- ray_train_N: the train stage's own `run_torch_trainer` with N = 1 and 2 workers.
+
+Every mode runs the project's `train_steps` on identical settings (the document's 64/128/256 widths at
+32x32, batch 64 per worker, one intra-op thread per process), so the differences are the launch and
+synchronisation machinery. Steady state is the median of rank 0's per-step wall times (`step_time_s` in
+the trace) after WARMUP steps: a median, because this 2-core machine is noisy. Fixed start-up is wall time
+minus steps x steady ms/step, so it includes process launch, group init, model build and reporting.
+
+Writes bench/results/trainer.json. Run with `make bench` or `.venv/bin/python -m bench.trainer_bench`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from components.data.prepare import prepare_dataset  # noqa: E402
+from components.training.checkpoint import load_checkpoint  # noqa: E402
+from components.training.loop import train_steps  # noqa: E402
+from components.training.ray_train import build_worker_state, run_torch_trainer  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.ray_edge import ensure_ray, keep_ray_on_loopback  # noqa: E402
+from pipeline.stages.train import build_loop_config  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+PER_WORKER_BATCH = 64
+STEPS = 40
+WARMUP = 5
+REPORT_EVERY = 10
+
+
+def loop_config(data_dir: Path, workers: int) -> dict:
+    """The default config with the document's widths, batch 64 per worker, no checkpoints until the end."""
+    cfg = load_config(REPO / "configs" / "default.yaml",
+                      ["model.g_base_channels=64", "model.d_base_channels=64"])
+    return build_loop_config(cfg, data_dir, train_overrides={
+        "num_workers": workers, "batch_size": PER_WORKER_BATCH * workers, "steps": STEPS,
+        "report_every": REPORT_EVERY, "checkpoint_every": 10 * STEPS, "sample_grid_every": 10 * STEPS,
+        "threads_per_worker": 1})
+
+
+def summarise(mode: str, workers: int, wall_s: float, step_times_s: list[float]) -> dict:
+    steady = sorted(step_times_s[WARMUP:])
+    ms_per_step = 1000 * steady[len(steady) // 2]
+    return {"mode": mode, "workers": workers, "batch_per_worker": PER_WORKER_BATCH, "steps": STEPS,
+            "ms_per_step": round(ms_per_step, 1),
+            "images_per_s": round(1000 * PER_WORKER_BATCH * workers / ms_per_step, 1),
+            "wall_s": round(wall_s, 2), "startup_s": round(wall_s - STEPS * ms_per_step / 1000, 2)}
+
+
+def run_bare(data_dir: Path) -> dict:
+    t0 = time.perf_counter()
+    torch.set_num_threads(1)
+    state, cfg, loss = build_worker_state(loop_config(data_dir, 1), rank=0, world=1)
+    train_steps(state, loss, cfg, cfg.steps)
+    return summarise("bare", 1, time.perf_counter() - t0, state.trace["step_time_s"])
+
+
+def _ddp_worker(rank: int, world: int, config: dict, port: int, out: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    state, cfg, loss = build_worker_state(config, rank, world, wrap=DistributedDataParallel)
+    train_steps(state, loss, cfg, cfg.steps, lambda s, m: None)
+    if rank == 0:
+        Path(out).write_text(json.dumps(state.trace["step_time_s"]))
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ddp(data_dir: Path, tmp: Path, world: int = 2) -> dict:
+    import torch.multiprocessing as mp
+
+    out = tmp / "ddp.json"
+    t0 = time.perf_counter()
+    mp.spawn(_ddp_worker, args=(world, loop_config(data_dir, world), _free_port(), str(out)), nprocs=world)
+    return summarise("torch_ddp", world, time.perf_counter() - t0, json.loads(out.read_text()))
+
+
+def run_ray_train(data_dir: Path, tmp: Path, workers: int) -> dict:
+    t0 = time.perf_counter()
+    result = run_torch_trainer(loop_config(data_dir, workers), tmp / "ray_results", f"bench-{workers}w")
+    if result.error is not None:
+        raise RuntimeError(f"ray train failed: {result.error}")
+    wall = time.perf_counter() - t0
+    with result.checkpoint.as_directory() as d:
+        trace = load_checkpoint(d)["trace"]
+    return summarise("ray_train", workers, wall, trace["step_time_s"].tolist())
+
+
+def main() -> dict:
+    keep_ray_on_loopback()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        data_dir = tmp / "data"
+        prepare_dataset(load_config(REPO / "configs" / "default.yaml").data, data_dir)
+        runs = []
+        for name, fn in (("bare", lambda: run_bare(data_dir)), ("torch_ddp", lambda: run_ddp(data_dir, tmp))):
+            print(f"trainer bench: {name} ...", flush=True)
+            runs.append(fn())
+            print(f"  {runs[-1]}", flush=True)
+        started = ensure_ray(None, 2)
+        try:
+            for workers in (1, 2):
+                print(f"trainer bench: ray_train {workers} worker(s) ...", flush=True)
+                runs.append(run_ray_train(data_dir, tmp, workers))
+                print(f"  {runs[-1]}", flush=True)
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+    ddp = next(r for r in runs if r["mode"] == "torch_ddp")
+    ray2 = next(r for r in runs if r["mode"] == "ray_train" and r["workers"] == 2)
+    result = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+        "model": "document widths G 64/128/256, D 64..256 at 32x32, 1 channel",
+        "runs": runs,
+        "ray_train_2_vs_ddp_throughput": round(ray2["images_per_s"] / ddp["images_per_s"], 3),
+        "targets": {"throughput_vs_ddp": 0.95, "startup_s": 20.0},
+        "meets_throughput_target": ray2["images_per_s"] >= 0.95 * ddp["images_per_s"],
+        "meets_startup_target": ray2["startup_s"] < 20.0,
+    }
+    (RESULTS / "trainer.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
