@@ -28,6 +28,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (listed in the log)")
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
+    tune = sub.add_parser("tune", help="run a hyperparameter campaign (prepare and train first, cached)")
+    tune.add_argument("--config", required=True, help="YAML config, e.g. configs/default.yaml")
+    tune.add_argument("--campaign", help="campaign file, e.g. configs/tune/lr-batch.yaml (sets tune.campaign)")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. tune.steps=100")
+    tune.add_argument("--resume", action="store_true", help="continue an interrupted campaign (Tuner.restore)")
+    tune.add_argument("--force", action="store_true", help="discard an interrupted or cached campaign, start over")
+    tune.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+
     submit = sub.add_parser("submit", help="run the pipeline as a Ray job on a cluster")
     submit.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://127.0.0.1:8265")
     submit.add_argument("--config", required=True, help="config file, relative to the repository")
@@ -103,6 +111,24 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    import json
+    from pathlib import Path
+
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+
+    campaign = [f"tune.campaign={args.campaign}"] if args.campaign else []
+    cfg = load_config(args.config, env_overrides() + campaign + args.set)
+    summary = run_pipeline(cfg, {"tune"} if args.force else set(), until="tune", resume=args.resume or args.force)
+    out = Path(summary["stage_dirs"]["tune"])
+    best = json.loads((out / "best_config.json").read_text())
+    print(f"\nbest config (stability score {best['score']:.4g}): {json.dumps(best['config'])}")
+    print(f"results table       : {out / 'results.csv'}")
+    print(f"MLflow tune run     : {summary['stage_run_ids']['tune']}")
+    return 0
+
+
 def print_summary(s: dict) -> None:
     """The one end-of-run summary a user reads."""
     m = s["metrics"]
@@ -144,7 +170,7 @@ def cmd_submit(args) -> int:
     return submit(args.address, args.config, args.set, args.follow, args.entrypoint_cpus, args.image, args.pip)
 
 
-COMMANDS = {"run": cmd_run, "submit": cmd_submit}
+COMMANDS = {"run": cmd_run, "tune": cmd_tune, "submit": cmd_submit}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,7 +68,7 @@ class TuneConfig(Section):
     trial_workers: int = Field(
         1, ge=1, description="DDP workers per trial; >1 launches a TorchTrainer from the trial function.")
     trial_resources: dict[str, float] | None = Field(
-        None, description="Resources of each trial process; default {cpu: 1}, or {cpu: 0} with trial_workers > 1.")
+        None, description="Resources of each trial process; default {cpu: 1}, or {cpu: 0, memory: 64 MiB} with trial_workers > 1.")
     coverage_per_class: int = Field(
         10, ge=0, description="Generated samples per class scored by the evaluator each report; 0 skips coverage.")
     campaign: str | None = Field(
@@ -182,19 +182,21 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
         raise UserError(f"config file {path} must be a mapping of sections")
     for assignment in overrides:
         apply_override(tree, assignment)
-    merge_campaign(tree, path.parent)
+    if merge_campaign(tree, path.parent):
+        for assignment in overrides:  # --set still wins over the campaign file
+            apply_override(tree, assignment)
     try:
         return build(PipelineConfig, tree)
     except UserError as err:
         raise UserError(f"{path}: {err}") from None
 
 
-def merge_campaign(tree: dict, config_dir: Path) -> None:
-    """Fill the tune section from the file named by tune.campaign (relative to the working directory or the
-    config's directory); keys set inline win over the file's."""
+def merge_campaign(tree: dict, config_dir: Path) -> bool:
+    """Lay the file named by tune.campaign (relative to the working directory or the config's directory)
+    over the tune section: the campaign's keys win over the config file's; returns whether one was merged."""
     tune = tree.get("tune")
     if not isinstance(tune, dict) or not tune.get("campaign"):
-        return
+        return False
     name = Path(tune["campaign"])
     found = next((p for p in (name, config_dir / name, config_dir.parent / name) if p.is_file()), None)
     if found is None:
@@ -205,7 +207,8 @@ def merge_campaign(tree: dict, config_dir: Path) -> None:
         raise UserError(f"tune.campaign: {found} is not valid YAML") from None
     if not isinstance(campaign, dict):
         raise UserError(f"tune.campaign: {found} must be a mapping of tune.* keys")
-    tree["tune"] = {**campaign, **tune, "campaign": str(found)}
+    tree["tune"] = {**tune, **campaign, "campaign": str(found)}
+    return True
 
 
 def dump_config(cfg: PipelineConfig) -> str:

@@ -78,7 +78,8 @@ def dataset_digest(work: Path, prepare_record: dict) -> str:
     return json.loads(manifest.read_text())["digest"]
 
 
-def _run_stage(cfg, stage, final: Path, inputs, tracking_uri, parent_id, lineage: dict, forced: bool) -> dict:
+def _run_stage(cfg, stage, final: Path, inputs, tracking_uri, parent_id, lineage: dict, forced: bool,
+               resume: bool = True) -> dict:
     """Run one stage into a temp dir as an MLflow child run; rename the outputs into place on success."""
     fp = lineage["fingerprint"]
     tmp = final.parent / f".tmp-{fp[:16]}-{os.getpid()}"
@@ -91,7 +92,7 @@ def _run_stage(cfg, stage, final: Path, inputs, tracking_uri, parent_id, lineage
             mlflow.log_text(dump_config(cfg), "config.yaml")
             upstream_runs = {k.split(".", 1)[1]: v for k, v in lineage.items() if k.startswith("upstream.")}
             ctx = StageContext(cfg, stage.name, fp, tmp, inputs, Path(cfg.work_dir).resolve(), tracking_uri,
-                               run.info.run_id, parent_id, upstream_runs, forced)
+                               run.info.run_id, parent_id, upstream_runs, forced, resume)
             t0 = time.perf_counter()
             stage.fn(ctx)
             seconds = time.perf_counter() - t0
@@ -109,10 +110,12 @@ def _run_stage(cfg, stage, final: Path, inputs, tracking_uri, parent_id, lineage
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), only: str | None = None) -> dict:
+def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), only: str | None = None,
+                 until: str | None = None, resume: bool = True) -> dict:
     """Run every stage in order (cached ones are skipped) under one MLflow parent run; returns a summary.
 
-    `force` reruns the named stages even if cached; `only` runs one stage, whose inputs must be cached.
+    `force` reruns the named stages even if cached; `only` runs one stage, whose inputs must be cached;
+    `until` stops after the named stage; `resume=False` refuses to continue interrupted work silently.
     """
     work = Path(cfg.work_dir).resolve()
     code = source_digest()
@@ -143,6 +146,8 @@ def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), only: str |
                     records[stage.name] = {**json.loads((final / MARKER).read_text()), "cached": True}
                     print(f"[{i}/{len(STAGES)}] {stage.name}: cached (fingerprint {fp[:12]}, "
                           f"run {records[stage.name]['run_id'][:12]})", flush=True)
+                    if stage.name == until:
+                        break
                     continue
                 print(f"[{i}/{len(STAGES)}] {stage.name}: running (fingerprint {fp[:12]})", flush=True)
                 if stage.needs_ray:
@@ -153,13 +158,17 @@ def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), only: str |
                 if "prepare" in records:
                     lineage["dataset_digest"] = dataset_digest(work, records["prepare"])
                 records[stage.name] = _run_stage(cfg, stage, final, inputs, tracking_uri, parent.info.run_id,
-                                                 lineage, stage.name in force)
+                                                 lineage, stage.name in force, resume)
                 print(f"[{i}/{len(STAGES)}] {stage.name}: done in {records[stage.name]['seconds']:.1f}s", flush=True)
+                if stage.name == until:
+                    break
             mlflow.set_tag("dataset_digest", dataset_digest(work, records["prepare"]))
             mlflow.set_tags({f"stage_run.{k}": v["run_id"] for k, v in records.items()})
-            if only is not None:
+            if only is not None or until is not None:
                 return {"tracking_uri": tracking_uri, "parent_run_id": parent.info.run_id, "only": only,
-                        "stage_run_ids": {k: v["run_id"] for k, v in records.items()}}
+                        "until": until, "stage_run_ids": {k: v["run_id"] for k, v in records.items()},
+                        "stage_dirs": {k: str(stage_dir(work, by_name[k], v["fingerprint"]))
+                                       for k, v in records.items()}}
             summary = _summary(cfg, work, records, tracking_uri, parent.info.run_id)
             summary["report"] = str(_write_report(cfg, work, records, parent.info.run_id))
             return summary

@@ -101,8 +101,8 @@ def restore_state(state: GanState, ckpt: dict, loss=None) -> None:
         if "cuda" in mine and state.device.type == "cuda":
             torch.cuda.set_rng_state(mine["cuda"], state.device)
     elif state.rank == 0:
-        print(f"  checkpoint: saved with {len(ranks)} ranks, resuming on {state.world}; "
-              "per-rank random streams restart from the seed", flush=True)
+        print(f"  checkpoint: written by {len(ranks)} rank(s), loaded on {state.world}: per-rank random "
+              "streams start afresh from the seed", flush=True)
     if state.scaler is not None and ckpt.get("scaler"):
         state.scaler.load_state_dict(ckpt["scaler"])
     if loss is not None and ckpt.get("loss"):

@@ -23,6 +23,7 @@ class StageContext:
     parent_run_id: str
     upstream_run_ids: dict[str, str] = field(default_factory=dict)
     forced: bool = False  # --force: start afresh instead of resuming an interrupted run
+    resume: bool = True  # continue interrupted work (a Tune campaign); False makes that an error
 
     def input(self, stage: str) -> Path:
         """Output directory of upstream `stage`."""
