@@ -234,11 +234,18 @@ def run_campaign(ctx: StageContext, base: dict):
                                           num_to_keep=None if tc.scheduler == "pbt" else 1)),
         )
     results = tuner.fit()
-    if results.num_terminated + results.num_errors < len(results):  # Ctrl+C: Tune saved state and returned
+    # On Ctrl+C Tune saves its state and returns normally, with trials unfinished or never started.
+    if results.num_terminated + results.num_errors < max(len(results), expected_trials(tc)):
         print(f"  tune: campaign interrupted; continue it with `python -m pipeline tune --resume` "
               f"(state in {storage / name})", flush=True)
         raise KeyboardInterrupt
     return results
+
+
+def expected_trials(tc) -> int:
+    """num_samples times the size of every grid dimension (Optuna turns grids into choices)."""
+    grids = [len(d.values) for d in tc.search_space.values() if d.type == "grid" and tc.search_alg == "basic"]
+    return tc.num_samples * math.prod(grids)
 
 
 def _trial_rows(results) -> list[dict]:

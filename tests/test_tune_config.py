@@ -1,0 +1,105 @@
+"""Campaign configuration without running a campaign: files, validation, search and scheduler wiring."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from components.errors import UserError
+from components.metrics.trial_scoring import TrialScorer
+from pipeline.config import load_config
+from pipeline.stages import tune as tune_stage
+from tests.conftest import REPO
+
+SMOKE = REPO / "configs" / "smoke.yaml"
+CAMPAIGNS = sorted((REPO / "configs" / "tune").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("campaign", CAMPAIGNS, ids=lambda p: p.stem)
+def test_every_campaign_file_loads_and_wins_over_the_config_file(campaign):
+    cfg = load_config(SMOKE, [f"tune.campaign={campaign}", "tune.steps=7"])
+    assert cfg.tune.steps == 7  # --set still wins over the campaign
+    assert set(cfg.tune.search_space) == set(yaml.safe_load(campaign.read_text())["search_space"])
+    assert tune_stage.expected_trials(cfg.tune) >= 1
+
+
+def test_missing_campaign_file_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="tune.campaign: file not found: nope.yaml"):
+        load_config(SMOKE, ["tune.campaign=nope.yaml"])
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["tune.scheduler=pbt", "tune.trial_workers=2"], "scheduler: pbt runs one-worker trials"),
+    (["tune.scheduler=pbt", "tune.search_space={}"], "pbt needs tune.search_space"),
+    (["tune.search_alg=tpe"], "tune.search_alg"),
+])
+def test_bad_campaign_settings_name_the_field(sets, message):
+    with pytest.raises(UserError, match=message):
+        load_config(SMOKE, sets)
+
+
+def test_expected_trials_and_resources():
+    cfg = load_config(SMOKE, ["tune.campaign=configs/tune/known-bad.yaml"])
+    assert tune_stage.expected_trials(cfg.tune) == 8
+    assert tune_stage.trial_resources(cfg.tune) == {"cpu": 1}
+    multi = load_config(SMOKE, ["tune.campaign=configs/tune/multi-worker.yaml"]).tune
+    assert tune_stage.trial_resources(multi)["cpu"] == 0
+    custom = load_config(SMOKE, ["tune.trial_resources={CPU: 2}"]).tune
+    assert tune_stage.trial_resources(custom) == {"cpu": 2}
+
+
+def test_pbt_mutations_and_optuna_space():
+    from ray import tune
+
+    tc = load_config(SMOKE, ["tune.campaign=configs/tune/pbt.yaml"]).tune
+    mutations = tune_stage.pbt_mutations(tc.search_space)
+    assert set(mutations) == {"train", "loss"} and set(mutations["train"]) == {"lr_g", "lr_d"}
+    assert isinstance(mutations["loss"]["r1_gamma"], tune.search.sample.Float)
+    tc = load_config(SMOKE, ["tune.search_alg=optuna"]).tune  # smoke's grid dimensions become choices
+    space = tune_stage.param_space(tc)
+    assert isinstance(space["train"]["lr_g"], tune.search.sample.Categorical)
+    alg = tune_stage.build_search_alg(tc)
+    assert type(alg).__name__ == "ConcurrencyLimiter"
+
+
+def test_optuna_missing_is_a_user_error(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_optuna(name, *args, **kwargs):
+        if name == "optuna":
+            raise ImportError("no optuna")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_optuna)
+    tc = load_config(SMOKE, ["tune.search_alg=optuna"]).tune
+    with pytest.raises(UserError, match=r"pip install -e '.\[optuna\]'"):
+        tune_stage.build_search_alg(tc)
+
+
+class _State:
+    def __init__(self, G, trace, diverged=False):
+        self.G_ema, self.trace, self.diverged = G, trace, diverged
+
+
+def test_trial_scorer_adds_mode_coverage_and_is_inf_on_divergence(tmp_path):
+    from components.metrics.classifier import EvaluatorCNN
+    from components.models import Generator
+
+    torch.manual_seed(0)
+    clf = EvaluatorCNN(1, 32, 10)
+    torch.save(clf.state_dict(), tmp_path / "clf.pt")
+    np.save(tmp_path / "real.npy", np.random.default_rng(0).normal(size=(50, 128)))
+    spec = {"window": 5, "divergence_bound": 1e4, "per_class": 4, "evaluator": str(tmp_path / "clf.pt"),
+            "real_features": str(tmp_path / "real.npy"),
+            "weights": {"oscillation": 1, "balance": 1, "grad_spikes": 1, "r_target": 0.6, "class_kl": 1,
+                        "coverage": 1, "fcd": 1}}
+    trace = {k: [0.5] * 10 for k in ("d_loss", "g_loss", "grad_norm_d", "grad_norm_g", "d_sign_real")}
+    scores = TrialScorer(spec, 1, 32, 10)(_State(Generator(1, 32, 10, base=4, z_dim=8).eval(), trace))
+    assert {"class_kl", "classes_covered", "uncovered_share", "fcd"} <= set(scores)
+    expected = (0.0 + abs(0.5 - 0.6) + 0.0 + scores["class_kl"] + scores["uncovered_share"] + scores["fcd"] / 100)
+    assert scores["stability_score"] == pytest.approx(expected)
+    trace["d_loss"][-1] = math.nan
+    assert TrialScorer(spec, 1, 32, 10)(_State(None, trace, diverged=True))["stability_score"] == math.inf
