@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from components import regularizers
+from components.attacks.pgd import pgd
 from components.config_base import Section
 
 
@@ -38,6 +39,11 @@ class LossConfig(Section):
     instance_noise_steps: int = Field(1000, ge=1, description="Steps over which instance noise decays to 0.")
     diffaugment: list[Literal["translation", "cutout", "color"]] = Field(
         default_factory=list, description="DiffAugment policy applied to every D input (real and fake).")
+    adv_train_eps: float = Field(
+        0.0, ge=0.0, description="Adversarial training of D: L-inf PGD budget on [-1, 1] images; 0 disables.")
+    adv_train_steps: int = Field(3, ge=1, description="PGD steps of adversarial training.")
+    adv_train_fraction: float = Field(
+        0.5, gt=0.0, le=1.0, description="Share of real and of fake D inputs replaced by PGD-perturbed ones.")
 
     @property
     def effective_gp_lambda(self) -> float:
@@ -124,8 +130,11 @@ class GANLoss:
         cfg = self.cfg
         with torch.no_grad():
             fake = _unwrap(G).generate(batch.z, batch.y_fake)
+        x_real = batch.x
+        if cfg.adv_train_eps > 0:
+            x_real, fake = self._adversarial_inputs(D, x_real, batch.y, fake, batch.y_fake)
         r1 = cfg.r1_gamma > 0 and batch.r1_due
-        x_real = batch.x.detach().requires_grad_(True) if r1 else batch.x
+        x_real = x_real.detach().requires_grad_(True) if r1 else x_real
         inputs, labels = [self._d_view(torch.cat([x_real, fake]), batch.noise_std)], [batch.y, batch.y_fake]
         gp_lambda = cfg.effective_gp_lambda
         if gp_lambda > 0:
@@ -170,6 +179,24 @@ class GANLoss:
             "d_sign_real": torch.sign(real_l.detach()).mean(),
         })
         return loss, stats
+
+    def _adversarial_inputs(self, D, real, y_real, fake, y_fake):
+        """Replace a fraction of real and fake inputs by PGD perturbations that push real towards 'fake' and
+        fake towards 'real'. The attack runs on the bare D in eval mode: no DDP forward before the training
+        forward, no BN statistics or spectral-norm iterations from attack passes."""
+        cfg, bare = self.cfg, _unwrap(D)
+        k_real, k_fake = (max(1, round(cfg.adv_train_fraction * len(t))) for t in (real, fake))
+        was_training = bare.training
+        bare.eval()
+        try:
+            with torch.enable_grad():
+                real_adv = pgd(lambda x: -bare(x, y_real[:k_real]).sum(), real[:k_real], cfg.adv_train_eps,
+                               cfg.adv_train_steps)
+                fake_adv = pgd(lambda x: bare(x, y_fake[:k_fake]).sum(), fake[:k_fake], cfg.adv_train_eps,
+                               cfg.adv_train_steps)
+        finally:
+            bare.train(was_training)
+        return torch.cat([real_adv, real[k_real:]]), torch.cat([fake_adv, fake[k_fake:]])
 
     def _update_anchors(self, real_l: torch.Tensor, fake_l: torch.Tensor) -> None:
         decay = self.cfg.lecam_decay

@@ -11,8 +11,8 @@ import operator
 import mlflow
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
-SUMMARY_KEYS = ("fcd", "fcd_real_vs_real", "class_kl", "recall_mean", "tail_recall", "head_recall",
-                "d_fgsm_accuracy", "diverged")
+SUMMARY_KEYS = ("fcd", "fcd_real_vs_real", "kid", "class_kl", "recall_mean", "tail_recall", "head_recall",
+                "tail_head_fcd_ratio", "d_fgsm_accuracy", "diverged")
 
 # (gate, threshold key in the gates config, evaluation key, passes(value, threshold))
 THRESHOLD_GATES = (

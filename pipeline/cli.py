@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     promote.add_argument("--version", required=True, help="model version to judge")
     promote.add_argument("--dry-run", action="store_true", help="decide, but move no alias")
     _registry_parser(sub, "rollback", "move champion back to previous-champion")
+    ev = _registry_parser(sub, "evaluate", "evaluate a saved model outside the DAG (quality, per-class, robustness)")
+    ev.add_argument("--out", default="evaluation", help="output directory (evaluation.json, plots, per_class.csv)")
     gen = _registry_parser(sub, "generate", "write a per-class sample grid from a registered model")
     gen.add_argument("--per-class", type=int, default=8, help="samples per class")
     gen.add_argument("--seed", type=int, default=0, help="first noise seed")
@@ -67,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
 def _registry_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_text)
     p.add_argument("--model", required=True,
-                   help="registered model name (generate: a URI such as models:/NAME@champion)")
+                   help="registered model name (generate: a URI such as models:/NAME@champion; evaluate: that, a run id or a checkpoint path)")
     p.add_argument("--config", default="configs/default.yaml", help="config for tracking URI and gates")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
@@ -159,7 +161,8 @@ def _registry_commands() -> dict:
     from pipeline import registry_commands as rc
 
     return {"promote": _with_config(rc.cmd_promote), "rollback": _with_config(rc.cmd_rollback),
-            "generate": _with_config(rc.cmd_generate), "report": _with_config(rc.cmd_report)}
+            "generate": _with_config(rc.cmd_generate), "report": _with_config(rc.cmd_report),
+            "evaluate": _with_config(rc.cmd_evaluate)}
 
 
 def cmd_submit(args) -> int:

@@ -116,6 +116,9 @@ class EvaluateConfig(Section):
     fgsm_eps: float = Field(0.05, ge=0.0, description="L-inf budget (on [-1, 1] images) of the headline numbers.")
     robustness_eps: list[float] = Field([0.02, 0.05, 0.1], description="L-inf budgets of the robustness curves.")
     pgd_steps: int = Field(10, ge=1, description="PGD iterations.")
+    kid_subsets: int = Field(10, ge=1, description="KID: number of random subsets averaged.")
+    kid_subset_size: int = Field(100, ge=2, description="KID: samples per subset.")
+    nn_k: int = Field(5, ge=1, description="k of the k-NN balls of precision/recall/density/coverage.")
     seed: int = Field(0, description="Seed of sampling and the evaluator.")
 
 

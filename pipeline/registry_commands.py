@@ -97,3 +97,64 @@ def cmd_report(args, cfg) -> int:
     out.write_text(page)
     print(f"wrote {out}")
     return 0
+
+
+def load_any_model(ref: str):
+    """(G, D or None) from a checkpoint path, a model URI (models:/NAME@alias, runs:/ID/generator) or a run id
+    (its `generator` model). Registry models hold G only, so D robustness is skipped for them."""
+    import re
+
+    import mlflow
+    import torch
+
+    from components.models.generator import Generator
+    from components.training.checkpoint import load_checkpoint, models_from_checkpoint
+
+    if Path(ref).exists():
+        G, D, _ = models_from_checkpoint(load_checkpoint(ref))
+        return G, D
+    if re.fullmatch(r"[0-9a-f]{32}", ref):
+        ref = f"runs:/{ref}/generator"
+    if not ref.startswith(("models:/", "runs:/")):
+        raise UserError(f"--model {ref}: not a checkpoint file, a models:/ or runs:/ URI, or a run id")
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref))
+    except mlflow.exceptions.MlflowException as err:
+        raise UserError(f"--model {ref}: cannot load it from MLflow ({str(err).splitlines()[0][:160]}); "
+                        "check the name, alias and MLFLOW_TRACKING_URI") from None
+    weights = next(local.rglob("generator.pt"), None)
+    if weights is None:
+        raise UserError(f"--model {ref}: no generator.pt inside; is it a model logged by this pipeline?")
+    blob = torch.load(weights, map_location="cpu", weights_only=True)
+    G = Generator(**json.loads(blob["arch_json"]))
+    G.load_state_dict(blob["state_dict"])
+    return G.eval(), None
+
+
+def cmd_evaluate(args, cfg) -> int:
+    """Evaluate any saved model on the config's (cached or freshly prepared) data, outside the DAG."""
+    import os
+    import shutil
+
+    from pipeline.runner import run_pipeline
+    from pipeline.stages.evaluate import evaluate_models
+
+    _client(cfg)  # sets the tracking URI that models:/ and runs:/ resolve against
+    G, D = load_any_model(args.model)
+    data_dir = Path(run_pipeline(cfg, until="prepare")["stage_dirs"]["prepare"]) / "data"
+    out = Path(args.out).resolve()
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:  # into a temp dir, renamed on success: no half-written output
+        result = evaluate_models(G, D, data_dir, cfg.evaluate, Path(cfg.work_dir).resolve() / "cache", tmp,
+                                 {"model": args.model})
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    keys = ("fcd", "fcd_ratio", "kid", "precision", "recall", "coverage", "class_kl", "tail_head_fcd_ratio",
+            "tail_recall", "d_fgsm_accuracy")
+    print(json.dumps({k: result[k] for k in keys if k in result}))
+    print(f"evaluation written to {out}")
+    return 0

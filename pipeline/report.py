@@ -65,8 +65,8 @@ def build_html(sources: dict[str, Path], title: str) -> str:
     data_rows = [{"split": s, **{manifest["class_names"][c]: n for c, n in enumerate(counts)}}
                  for s, counts in manifest.get("class_counts", {}).items()]
     headline = [{"metric": k, "value": evaluation[k]} for k in
-                ("fcd", "fcd_real_vs_real", "fcd_ratio", "class_kl", "recall_mean", "head_recall", "tail_recall",
-                 "classes_covered", "d_clean_accuracy", "d_fgsm_accuracy", "d_pgd_accuracy", "g_amplification",
+                ("fcd", "fcd_real_vs_real", "fcd_ratio", "kid", "precision", "recall", "density", "coverage",
+                 "class_kl", "recall_mean", "head_recall", "tail_recall", "tail_head_fcd_ratio", "classes_covered", "d_clean_accuracy", "d_fgsm_accuracy", "d_pgd_accuracy", "g_amplification",
                  "g_label_flip_rate", "classifier_val_accuracy")
                 if k in evaluation]
     gates = promotion.get("gates", [])

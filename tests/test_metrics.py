@@ -73,3 +73,44 @@ def test_calm_trace_scores_better_than_oscillating_one():
             "grad_norm_d": [1.0] * 50, "grad_norm_g": [1.0] * 50}
     wild = {**calm, "d_loss": [0.1, 1.5] * 25, "d_sign_real": [1.0] * 50}
     assert stability_score(calm, 50)["stability_score"] < stability_score(wild, 50)["stability_score"]
+
+
+def test_kid_is_near_zero_for_one_distribution_and_matches_brute_force():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(200, 8)), rng.normal(size=(200, 8))
+    same = QUALITY_METRICS["kernel_inception_distance"](a, b, subsets=20, subset_size=100)
+    shifted = QUALITY_METRICS["kernel_inception_distance"](a, b + 1.0, subsets=20, subset_size=100)
+    assert abs(same["kid"]) < 3 * same["kid_std"] + 1e-3 and shifted["kid"] > 10 * abs(same["kid"])
+    # One subset of everything: the unbiased MMD^2 written out with loops.
+    x, y = rng.normal(size=(6, 3)), rng.normal(size=(6, 3)) + 0.5
+    k = lambda u, v: (u @ v / 3 + 1) ** 3  # noqa: E731
+    xx = sum(k(x[i], x[j]) for i in range(6) for j in range(6) if i != j) / 30
+    yy = sum(k(y[i], y[j]) for i in range(6) for j in range(6) if i != j) / 30
+    xy = sum(k(x[i], y[j]) for i in range(6) for j in range(6)) / 36
+    got = QUALITY_METRICS["kernel_inception_distance"](x, y, subsets=1, subset_size=6)
+    assert got["kid"] == pytest.approx(xx + yy - 2 * xy)
+
+
+def test_precision_recall_density_coverage_known_cases():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(100, 4))
+    same = QUALITY_METRICS["precision_recall_density_coverage"](real, real.copy(), k=3)
+    assert same["precision"] == same["recall"] == same["coverage"] == 1.0
+    assert same["density"] >= 1.0  # every fake sits in its own ball and some neighbours'
+    far = QUALITY_METRICS["precision_recall_density_coverage"](real, real + 100.0, k=3)
+    assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+    # Mode collapse: all fakes on one real point -> high precision, low recall and coverage.
+    collapsed = QUALITY_METRICS["precision_recall_density_coverage"](real, np.repeat(real[:1], 50, 0) + 1e-6, k=3)
+    assert collapsed["precision"] == 1.0 and collapsed["recall"] < 0.1 and collapsed["coverage"] < 0.1
+
+
+def test_intra_class_fd_and_head_tail_gap():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(300, 4))
+    labels = np.repeat([0, 1, 2], 100)
+    fake = real.copy()
+    fake[labels == 2] += 2.0  # only class 2 is off, by 2 in each of 4 dims: FD = 16
+    out = QUALITY_METRICS["intra_class_fd"](real, labels, fake, labels, 3)
+    assert out["fcd_class_0"] == pytest.approx(0.0, abs=1e-6) and out["fcd_class_2"] == pytest.approx(16.0, rel=1e-6)
+    gap = QUALITY_METRICS["head_tail_gap"](out, "fcd", head=[0], tail=[2])
+    assert gap["tail_fcd"] - gap["head_fcd"] == pytest.approx(16.0, rel=1e-6) == gap["tail_head_fcd_gap"]

@@ -147,3 +147,30 @@ def test_report_renders_in_headless_chromium(smoke_run, tmp_path):
     dom = subprocess.run([browser, *flags, "--dump-dom", url], check=True, capture_output=True, text=True,
                          timeout=120).stdout
     assert 'id="promotion"' in dom and "<table>" in dom.split('id="promotion"')[1]
+
+
+@pytest.mark.parametrize("which", ["registry", "train_run", "checkpoint", "bad"])
+def test_evaluate_command_takes_any_saved_model(smoke_run, tmp_path, capsys, which):
+    import json
+    from pathlib import Path
+
+    from pipeline.cli import main
+    from tests.conftest import REPO, smoke_overrides
+
+    summary = smoke_run["summary"]
+    candidate = next(Path(smoke_run["cfg"].work_dir).glob("stages/tune/*/candidate/checkpoint.pt"))
+    ref = {"registry": f"models:/{summary['model_name']}@challenger", "train_run": summary["stage_run_ids"]["train"],
+           "checkpoint": str(candidate), "bad": "models:/no-such-model@champion"}[which]
+    out = tmp_path / "ev"
+    args = ["evaluate", "--model", ref, "--out", str(out), "--config", str(REPO / "configs" / "smoke.yaml")]
+    for o in smoke_overrides(smoke_run["tmp"]):
+        args += ["--set", o]
+    code = main(args)
+    if which == "bad":
+        assert code == 2 and "cannot load it from MLflow" in capsys.readouterr().err and not out.exists()
+        return
+    assert code == 0
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert {"fcd", "kid", "precision", "recall", "density", "coverage", "tail_head_fcd_ratio",
+            "fcd_class_0", "g_amplification"} <= set(evaluation)
+    assert ("d_fgsm_accuracy" in evaluation) == (which == "checkpoint")  # registry models hold no D

@@ -18,14 +18,16 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> dict[str, floa
 
 
 def class_histogram(pred_labels: np.ndarray, num_classes: int, target: np.ndarray | None = None) -> dict[str, float]:
-    """Generated class shares, KL(generated || target) and the number of classes covered (share >= 1/(4C))."""
+    """Generated class shares, KL(generated || target), and the classes covered: generated share at least a
+    quarter of the target share (count and fraction)."""
     target = np.full(num_classes, 1.0 / num_classes) if target is None else np.asarray(target, np.float64)
     hist = np.bincount(pred_labels, minlength=num_classes).astype(np.float64)
     p = hist / max(hist.sum(), 1.0)
     eps = 1e-12
     kl = float(np.sum(np.where(p > 0, p * np.log((p + eps) / (target + eps)), 0.0)))
     out = {f"share_class_{c}": float(p[c]) for c in range(num_classes)}
-    out.update(class_kl=kl, classes_covered=float((p >= 0.25 / num_classes).sum()))
+    covered = float((p >= 0.25 * target).sum())  # generated share at least 25% of the target share
+    out.update(class_kl=kl, classes_covered=covered, class_coverage=covered / num_classes)
     return out
 
 
@@ -39,8 +41,73 @@ def class_recall(pred_labels: np.ndarray, requested_labels: np.ndarray, num_clas
     return out
 
 
+def kernel_inception_distance(feats_a: np.ndarray, feats_b: np.ndarray, subsets: int = 10, subset_size: int = 100,
+                              seed: int = 0) -> dict[str, float]:
+    """KID (Binkowski et al. 2018): unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3, mean and std over subsets."""
+    rng = np.random.default_rng(seed)
+    m = min(subset_size, len(feats_a), len(feats_b))
+    d = feats_a.shape[1]
+    values = []
+    for _ in range(subsets):
+        a = feats_a[rng.choice(len(feats_a), m, replace=False)]
+        b = feats_b[rng.choice(len(feats_b), m, replace=False)]
+        k_aa, k_bb, k_ab = ((a @ a.T) / d + 1) ** 3, ((b @ b.T) / d + 1) ** 3, ((a @ b.T) / d + 1) ** 3
+        off = m * (m - 1)
+        values.append((k_aa.sum() - np.trace(k_aa)) / off + (k_bb.sum() - np.trace(k_bb)) / off
+                      - 2 * k_ab.mean())
+    return {"kid": float(np.mean(values)), "kid_std": float(np.std(values))}
+
+
+def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+    return np.sqrt(np.maximum(sq, 0.0))
+
+
+def _knn_radii(feats: np.ndarray, k: int) -> np.ndarray:
+    """Distance from each point to its k-th nearest neighbour in the same set (itself excluded)."""
+    dist = _pairwise(feats, feats)
+    return np.sort(dist, axis=1)[:, k]  # column 0 is the point itself
+
+
+def precision_recall_density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
+    """k-NN manifold metrics: precision and recall (Kynkaanniemi et al. 2019), density and coverage
+    (Naeem et al. 2020). A sample is on a manifold if it falls in some k-NN ball of that set."""
+    r_real, r_fake = _knn_radii(real, k), _knn_radii(fake, k)
+    real_to_fake = _pairwise(real, fake)  # (N_real, N_fake)
+    in_real_ball = real_to_fake <= r_real[:, None]  # fake j inside real i's ball
+    in_fake_ball = real_to_fake <= r_fake[None, :]  # real i inside fake j's ball
+    return {
+        "precision": float(in_real_ball.any(axis=0).mean()),
+        "recall": float(in_fake_ball.any(axis=1).mean()),
+        "density": float(in_real_ball.sum() / (k * fake.shape[0])),
+        "coverage": float(in_real_ball.any(axis=1).mean()),
+    }
+
+
+def intra_class_fd(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray,
+                   num_classes: int) -> dict[str, float]:
+    """Frechet distance between real and generated features of each class (labels: real and requested)."""
+    out = {}
+    for c in range(num_classes):
+        r, f = real[real_labels == c], fake[fake_labels == c]
+        out[f"fcd_class_{c}"] = frechet_distance(r, f)["fd"] if len(r) > 1 and len(f) > 1 else float("nan")
+    return out
+
+
+def head_tail_gap(per_class: dict[str, float], metric: str, head: list[int], tail: list[int]) -> dict[str, float]:
+    """Mean of `{metric}_class_{c}` over the head and the tail classes, their gap and ratio."""
+    mean = lambda cs: float(np.nanmean([per_class[f"{metric}_class_{c}"] for c in cs]))  # noqa: E731
+    h, t = mean(head), mean(tail)
+    return {f"head_{metric}": h, f"tail_{metric}": t, f"tail_head_{metric}_gap": t - h,
+            f"tail_head_{metric}_ratio": t / h if h else float("inf")}
+
+
 QUALITY_METRICS = {
     "frechet_distance": frechet_distance,
+    "kernel_inception_distance": kernel_inception_distance,
+    "precision_recall_density_coverage": precision_recall_density_coverage,
     "class_histogram": class_histogram,
     "class_recall": class_recall,
+    "intra_class_fd": intra_class_fd,
+    "head_tail_gap": head_tail_gap,
 }

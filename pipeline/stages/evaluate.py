@@ -6,6 +6,7 @@ Writes: evaluation.json (schema-versioned; promote reads it), per_class.csv, sam
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -36,8 +37,8 @@ def generate_per_class(G, num_classes: int, per_class: int, seed: int) -> tuple[
 def robustness_curves(ec, D, G, clf, real, y_real, fake, y_fake) -> dict[str, list[dict]]:
     """D under FGSM and PGD, G's reconstruction under PGD, and the evaluator's reference curve."""
     eps_list = sorted({0.0, *ec.robustness_eps, ec.fgsm_eps})
-    d_rows = [row for attack in ("fgsm", "pgd")
-              for row in d_robustness(D, real, y_real, fake, y_fake, eps_list, attack, ec.pgd_steps)]
+    d_rows = [] if D is None else [row for attack in ("fgsm", "pgd")
+                                   for row in d_robustness(D, real, y_real, fake, y_fake, eps_list, attack, ec.pgd_steps)]
     return {"discriminator": d_rows,
             "generator": g_robustness(G, clf, real, y_real, eps_list, ec.pgd_steps),
             "classifier": classifier_robustness(clf, real, y_real, eps_list, ec.pgd_steps)}
@@ -57,17 +58,30 @@ def load_heldout(data_dir: Path, manifest: dict) -> SplitTensors:
 
 
 def run(ctx: StageContext) -> dict:
-    ec = ctx.cfg.evaluate
-    data_dir = ctx.input("prepare") / "data"
+    ckpt = load_checkpoint(ctx.input("tune") / "candidate")
+    G, D, _ = models_from_checkpoint(ckpt)
+    result = evaluate_models(G, D, ctx.input("prepare") / "data", ctx.cfg.evaluate, ctx.work_dir / "cache",
+                             ctx.out_dir, {"diverged": float(ckpt["diverged"]), "train_steps": int(ckpt["step"])})
+    mlflow.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float))})
+    for name in OUTPUT_FILES:
+        if (ctx.out_dir / name).exists():
+            mlflow.log_artifact(str(ctx.out_dir / name))
+    return {"evaluation": ctx.out_dir / "evaluation.json"}
+
+
+OUTPUT_FILES = ("evaluation.json", "per_class.csv", "samples.png", "generated_classes.png", "robustness_curves.png")
+
+
+def evaluate_models(G, D, data_dir: Path, ec, cache_dir: Path, out_dir: Path, extra: dict | None = None) -> dict:
+    """Every quality, per-class and robustness metric of generator G (and discriminator D, if given) against
+    the prepared data in data_dir; writes OUTPUT_FILES into out_dir and returns the evaluation dict."""
     manifest = read_manifest(data_dir)
     n_classes, names = manifest["num_classes"], manifest["class_names"]
     train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
     held = load_heldout(data_dir, manifest)
 
-    clf = cached_classifier(ctx.work_dir / "cache", manifest["digest"], train, n_classes, ec.classifier_steps, ec.seed)
+    clf = cached_classifier(cache_dir, manifest["digest"], train, n_classes, ec.classifier_steps, ec.seed)
     _, val_pred = predict(clf, val.images_float())
-    ckpt = load_checkpoint(ctx.input("tune") / "candidate")
-    G, D, _ = models_from_checkpoint(ckpt)
     fake, y_req = generate_per_class(G, n_classes, ec.samples_per_class, ec.seed)
 
     # Section: quality on evaluator features.
@@ -82,14 +96,20 @@ def run(ctx: StageContext) -> dict:
         "fcd_real_vs_real": fd(f_held.numpy(), f_train.numpy())["fd"],
         **QUALITY_METRICS["class_histogram"](p_fake.numpy(), n_classes),
         **QUALITY_METRICS["class_recall"](p_fake.numpy(), y_req.numpy(), n_classes),
-        "diverged": float(ckpt["diverged"]),
-        "train_steps": int(ckpt["step"]),
+        **(extra or {}),
     }
     result["fcd_ratio"] = result["fcd"] / max(result["fcd_real_vs_real"], 1e-9)
     result["data_digest"] = manifest["digest"]
+    result.update(QUALITY_METRICS["kernel_inception_distance"](f_fake.numpy(), f_train.numpy(), ec.kid_subsets,
+                                                               ec.kid_subset_size, ec.seed))
+    result.update(QUALITY_METRICS["precision_recall_density_coverage"](f_train.numpy(), f_fake.numpy(), ec.nn_k))
+    result.update(QUALITY_METRICS["intra_class_fd"](f_train.numpy(), train.labels.numpy(), f_fake.numpy(),
+                                                    y_req.numpy(), n_classes))
+    # Section: head vs tail (most frequent third vs rarest third): the headline imbalance numbers.
     head, tail = head_and_tail(manifest["class_counts"]["train"])
-    result["head_recall"] = float(np.mean([result[f"recall_class_{c}"] for c in head]))
-    result["tail_recall"] = float(np.mean([result[f"recall_class_{c}"] for c in tail]))
+    result.update(QUALITY_METRICS["head_tail_gap"](result, "recall", head, tail))
+    result.update(QUALITY_METRICS["head_tail_gap"](result, "fcd", head, tail))
+    result.update(head_classes=head, tail_classes=tail)
 
     # Section: robustness of D (held-out real vs fresh fakes of the same labels).
     n = min(len(held.labels), 256)
@@ -100,32 +120,34 @@ def run(ctx: StageContext) -> dict:
     real_eval = held.images_float()[:n]
     curves = robustness_curves(ec, D, G, clf, real_eval, held.labels[:n], fake_eval, y_fake)
     d_rows = curves["discriminator"]
-    at_eps = {r["attack"]: r for r in d_rows if r["eps"] == ec.fgsm_eps}
-    result.update(d_clean_accuracy=next(r["accuracy"] for r in d_rows if r["eps"] == 0.0),
-                  d_fgsm_accuracy=at_eps["fgsm"]["accuracy"], d_fgsm_accuracy_real=at_eps["fgsm"]["acc_real"],
-                  d_fgsm_accuracy_fake=at_eps["fgsm"]["acc_fake"], d_pgd_accuracy=at_eps["pgd"]["accuracy"],
-                  fgsm_eps=ec.fgsm_eps)
+    if d_rows:
+        at_eps = {r["attack"]: r for r in d_rows if r["eps"] == ec.fgsm_eps}
+        result.update(d_clean_accuracy=next(r["accuracy"] for r in d_rows if r["eps"] == 0.0),
+                      d_fgsm_accuracy=at_eps["fgsm"]["accuracy"], d_fgsm_accuracy_real=at_eps["fgsm"]["acc_real"],
+                      d_fgsm_accuracy_fake=at_eps["fgsm"]["acc_fake"], d_pgd_accuracy=at_eps["pgd"]["accuracy"])
+    result["fgsm_eps"] = ec.fgsm_eps
     g_at = next((r for r in curves["generator"] if r["eps"] == ec.fgsm_eps), {})
     result.update(g_rec_mse_adv=g_at.get("rec_mse", float("nan")), g_amplification=g_at.get("amplification", float("nan")),
                   g_label_flip_rate=g_at.get("label_flip_rate", float("nan")))
 
     # Section: outputs.
-    ctx.write_json("evaluation.json", {**result, "robustness_curves": curves})
+    (out_dir / "evaluation.json").write_text(json.dumps({**result, "robustness_curves": curves}, indent=2, sort_keys=True))
     robustness_figure(curves["discriminator"], curves["generator"], curves["classifier"]) \
-        .savefig(ctx.out_dir / "robustness_curves.png", dpi=100)
-    rows = ["class,name,train_count,generated_share,recall"] + [
+        .savefig(out_dir / "robustness_curves.png", dpi=100)
+    rows = ["class,name,train_count,generated_share,recall,intra_class_fcd"] + [
         f"{c},{names[c]},{manifest['class_counts']['train'][c]},{result[f'share_class_{c}']:.4f},"
-        f"{result[f'recall_class_{c}']:.4f}" for c in range(n_classes)]
-    (ctx.out_dir / "per_class.csv").write_text("\n".join(rows) + "\n")
+        f"{result[f'recall_class_{c}']:.4f},{result[f'fcd_class_{c}']:.4f}" for c in range(n_classes)]
+    (out_dir / "per_class.csv").write_text("\n".join(rows) + "\n")
     z8 = torch.randn(8, G.z_dim, generator=torch.Generator().manual_seed(1234))
-    class_sample_grid(G, n_classes, z8).save(ctx.out_dir / "samples.png")
+    class_sample_grid(G, n_classes, z8).save(out_dir / "samples.png")
     hist = np.bincount(p_fake.numpy(), minlength=n_classes).tolist()
     bar_chart({"generated (evaluator's labels)": hist}, names, "Generated class histogram", "samples") \
-        .savefig(ctx.out_dir / "generated_classes.png", dpi=100)
-    mlflow.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float))})
-    for name in ("evaluation.json", "per_class.csv", "samples.png", "generated_classes.png", "robustness_curves.png"):
-        mlflow.log_artifact(str(ctx.out_dir / name))
+        .savefig(out_dir / "generated_classes.png", dpi=100)
+    print(f"  evaluate: KID {result['kid']:.4f}, precision {result['precision']:.3f} recall {result['recall']:.3f} "
+          f"density {result['density']:.3f} coverage {result['coverage']:.3f}; tail/head intra-class FCD "
+          f"{result['tail_head_fcd_ratio']:.2f}, tail-head recall gap {result['tail_head_recall_gap']:+.3f}", flush=True)
     print(f"  evaluate: FCD {result['fcd']:.2f} (real-vs-real {result['fcd_real_vs_real']:.2f}), "
           f"class KL {result['class_kl']:.4f}, recall {result['recall_mean']:.3f}, "
-          f"D acc clean {result['d_clean_accuracy']:.3f} / FGSM {result['d_fgsm_accuracy']:.3f}", flush=True)
-    return {"evaluation": ctx.out_dir / "evaluation.json"}
+          + (f"D acc clean {result['d_clean_accuracy']:.3f} / FGSM {result['d_fgsm_accuracy']:.3f}"
+             if D is not None else "no discriminator given: D robustness skipped"), flush=True)
+    return result
