@@ -62,8 +62,9 @@ def bar_chart(values_by_group: dict[str, list[float]], labels: list[str], title:
     return fig
 
 
-def line_chart(series: dict[str, list[float]], title: str, xlabel: str, x: list[float] | None = None):
-    """Line chart (matplotlib Figure) of several series against step or x."""
+def line_chart(series: dict[str, list[float]], title: str, xlabel: str, x: list[float] | None = None,
+               xs: dict[str, list[float]] | None = None, logy: bool = False, markers: bool = False):
+    """Line chart (matplotlib Figure) of several series against step, a shared x, or per-series xs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,7 +72,10 @@ def line_chart(series: dict[str, list[float]], title: str, xlabel: str, x: list[
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for name, ys in series.items():
-        ax.plot(x if x is not None else range(1, len(ys) + 1), ys, label=name, lw=1)
+        x_this = (xs or {}).get(name, x if x is not None else range(1, len(ys) + 1))
+        ax.plot(x_this, ys, label=name, lw=1, marker="o" if markers else None, ms=3)
+    if logy:
+        ax.set_yscale("log")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.legend()

@@ -73,3 +73,17 @@ def test_dry_run_prints_config_dag_and_plan(tmp_path, capsys):
 def test_environment_overrides_tracking_and_ray():
     env = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "RAY_ADDRESS": "127.0.0.1:6379"}
     assert env_overrides(env) == ["tracking.uri=http://127.0.0.1:5000", "ray.address=127.0.0.1:6379"]
+
+
+def test_cli_evaluate_rejects_an_unknown_model_reference(tmp_path, capsys):
+    args = ["evaluate", "--model", "not-a-model", "--out", str(tmp_path / "ev"), "--config", "configs/smoke.yaml",
+            "--set", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}", "--set", f"work_dir={tmp_path / 'o'}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--model not-a-model: not a checkpoint file" in err
+    assert not (tmp_path / "ev").exists()
+
+
+def test_cli_tune_refuses_bad_campaign_file(capsys):
+    assert main(["tune", "--config", "configs/smoke.yaml", "--campaign", "missing.yaml"]) == 2
+    assert "tune.campaign: file not found: missing.yaml" in capsys.readouterr().err

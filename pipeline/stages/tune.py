@@ -295,9 +295,13 @@ def _plots(ctx: StageContext, rows: list[dict]) -> None:
         .savefig(ctx.out_dir / "score_vs_lr.png", dpi=100)
     scatter_chart(bs, scores, "Stability score vs batch size", "batch size", "score") \
         .savefig(ctx.out_dir / "score_vs_batch.png", dpi=100)
-    traces = {f"trial {r['trial']}": [min(v, 1e3) for v in r["history"]["stability_score"].tolist()]
-              for r in rows if r["history"] is not None and "stability_score" in r["history"]}
-    line_chart(traces, "Stability score per report", "report").savefig(ctx.out_dir / "score_traces.png", dpi=100)
+    with_history = [r for r in rows if r["history"] is not None and "stability_score" in r["history"]]
+    label = lambda r: f"trial {r['trial']}: " + ", ".join(  # noqa: E731
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for vals in r["config"].values() for k, v in vals.items())
+    traces = {label(r): [min(v, 1e3) for v in r["history"]["stability_score"].tolist()] for r in with_history}
+    steps = {label(r): r["history"]["step"].tolist() for r in with_history}
+    line_chart(traces, "Stability score per report (lower is better; ASHA stops the worst early)", "step",
+               xs=steps, logy=True, markers=True).savefig(ctx.out_dir / "score_traces.png", dpi=100)
 
 
 def run(ctx: StageContext) -> dict:
