@@ -118,8 +118,10 @@ def robustness_figure(d_rows: list[dict], g_rows: list[dict], clf_rows: list[dic
     for attack in sorted({r["attack"] for r in d_rows}):
         rows = [r for r in d_rows if r["attack"] == attack]
         axes[0].plot([r["eps"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=attack)
-    axes[0].set(title="Discriminator accuracy", xlabel="L-inf eps", ylim=(0, 1))
-    axes[0].legend()
+    axes[0].set(title="Discriminator accuracy" if d_rows else "Discriminator: not evaluated", xlabel="L-inf eps",
+                ylim=(0, 1))
+    if d_rows:
+        axes[0].legend()
     axes[1].plot([r["eps"] for r in g_rows], [r["rec_mse"] for r in g_rows], marker="o", label="MSE")
     axes[1].plot([r["eps"] for r in g_rows], [r["label_flip_rate"] for r in g_rows], marker="s", label="label flips")
     axes[1].set(title="Generator G(x) under PGD", xlabel="L-inf eps")
