@@ -44,25 +44,42 @@ def _requirements() -> list[str]:
     return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "numpy", "pandas", "mlflow", "pydantic")]
 
 
+def _model_parts(G: Generator, arch: dict, tmp: str) -> dict:
+    """Keyword arguments shared by log_model and save_model: weights file, signature, example, code."""
+    weights = Path(tmp) / "generator.pt"
+    torch.save({"state_dict": G.state_dict(), "arch_json": json.dumps(arch)}, weights)
+    example = pd.DataFrame({"label": np.arange(min(4, arch["num_classes"]), dtype=np.int64),
+                            "seed": np.arange(min(4, arch["num_classes"]), dtype=np.int64)})
+    model = GeneratorPyfunc()
+    model.generator = G.eval()
+    signature = mlflow.models.infer_signature(example, model.predict(None, example))
+    return {"python_model": model, "artifacts": {"generator": str(weights)}, "signature": signature,
+            "input_example": example, "code_paths": [str(Path(__file__).resolve().parent)],
+            "pip_requirements": _requirements()}
+
+
 def log_generator(G: Generator, arch: dict, artifact_name: str = "generator"):
     """Log G as a pyfunc model (weights as a plain-tensor file) in the active run; returns ModelInfo."""
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "generator.pt"
-        torch.save({"state_dict": G.state_dict(), "arch_json": json.dumps(arch)}, weights)
-        example = pd.DataFrame({"label": np.arange(min(4, arch["num_classes"]), dtype=np.int64),
-                                "seed": np.arange(min(4, arch["num_classes"]), dtype=np.int64)})
-        model = GeneratorPyfunc()
-        model.generator = G.eval()
-        with warnings.catch_warnings():  # labels are integers by design; missing values are not valid input
-            warnings.filterwarnings("ignore", message=".*integer column.*")
-            signature = mlflow.models.infer_signature(example, model.predict(None, example))
-        components_dir = Path(__file__).resolve().parent
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*integer column.*")
-            return mlflow.pyfunc.log_model(name=artifact_name, python_model=model,
-                                           artifacts={"generator": str(weights)}, signature=signature,
-                                           input_example=example, code_paths=[str(components_dir)],
-                                           pip_requirements=_requirements())
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # Labels are integers by design; missing values are not valid input.
+        warnings.filterwarnings("ignore", message=".*integer column.*")
+        return mlflow.pyfunc.log_model(name=artifact_name, **_model_parts(G, arch, tmp))
+
+
+def log_generator_to_run(tracking_uri: str, run_id: str, G: Generator, arch: dict,
+                         artifact_name: str = "generator") -> str:
+    """Save G as a pyfunc model and upload it under `artifact_name` of an existing run, without making that
+    run active in this process (rank 0 of a Ray Train job logs into the driver's stage run this way).
+    Returns the model URI runs:/RUN_ID/NAME."""
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*integer column.*")
+        model_dir = Path(tmp) / artifact_name
+        parts = _model_parts(G, arch, tmp)
+        mlflow.pyfunc.save_model(str(model_dir), **parts)
+        MlflowClient(tracking_uri).log_artifacts(run_id, str(model_dir), artifact_name)
+    return f"runs:/{run_id}/{artifact_name}"
 
 
 def log_checkpoint_generator(ckpt: dict, artifact_name: str = "generator"):

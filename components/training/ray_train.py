@@ -94,6 +94,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if final or st.step % cfg.sample_grid_every == 0:
                 logger.log_png(class_sample_grid(st.G_ema, st.num_classes, z_fixed),
                                f"samples/step_{st.step:06d}.png")
+            if final:  # the final EMA generator as an MLflow model with a signature, from rank 0 only
+                from components.registry import generator_arch, log_generator_to_run
+
+                arch = generator_arch(st.G_ema, loop_config["model"]["g_base_channels"], loop_config["model"]["g_norm"])
+                log_generator_to_run(mlflow_cfg["tracking_uri"], mlflow_cfg["run_id"], st.G_ema, arch)
         rank_rngs = gather_from_ranks(rank_rng_state(st), world) if due else None
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None

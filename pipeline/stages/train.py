@@ -1,9 +1,9 @@
 """train: Ray Train TorchTrainer (DDP) on the prepared data.
 
 Reads:  prepare's data/ (shards + manifest).
-Writes: checkpoint.pt (G, D, EMA-G, optimisers, RNG, trace, config), metrics.json, training_curves.png,
-        and the final EMA generator as an MLflow pyfunc model `generator` (with a signature) in the stage run.
-Workers other than rank 0 never touch MLflow; the model is logged here, from rank 0's final checkpoint.
+Writes: checkpoint.pt (G, D, EMA-G, optimisers, RNG, trace, config), metrics.json, training_curves.png;
+        rank 0 logs metrics, sample grids and the final EMA generator (pyfunc model `generator`, with a
+        signature) into this stage's MLflow run. Other ranks never touch MLflow.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import mlflow
 
 from components.errors import UserError
 from components.plots import line_chart
-from components.registry import log_checkpoint_generator
 from components.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from components.training.ray_train import run_torch_trainer
 from pipeline.config import PipelineConfig
@@ -77,5 +76,4 @@ def run(ctx: StageContext) -> dict:
     fig.savefig(ctx.out_dir / "training_curves.png", dpi=100)
     mlflow.log_artifact(str(ctx.out_dir / "training_curves.png"))
     mlflow.log_artifact(str(ctx.out_dir / "metrics.json"))
-    log_checkpoint_generator(ckpt)
     return {"checkpoint": ctx.out_dir / CHECKPOINT_FILE}
