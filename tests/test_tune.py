@@ -80,16 +80,22 @@ def _run_until_tune(tmp: Path, campaign: str, *sets: str) -> Path:
     return Path(run_pipeline(cfg, until="tune")["stage_dirs"]["tune"])
 
 
+def _experiment(tmp: Path, stage_dir: Path) -> Path:
+    """The Tune experiment of one tune-stage run (named after its fingerprint), among others in tmp."""
+    return tmp / "outputs" / "ray_results" / f"smoke-tune-{stage_dir.name[:12]}"
+
+
 def test_pbt_trials_train_with_their_mutated_values(ray_cluster, tune_tmp):
-    _run_until_tune(tune_tmp, "pbt", "tune.steps=16", "tune.report_every=4", "tune.pbt_interval=1")
-    trial_dirs = [d for d in (tune_tmp / "outputs" / "ray_results").glob("smoke-tune-*/*") if d.is_dir()]
+    out = _run_until_tune(tune_tmp, "pbt", "tune.steps=16", "tune.report_every=4", "tune.pbt_interval=1")
+    experiment = _experiment(tune_tmp, out)
+    trial_dirs = [d for d in experiment.iterdir() if d.is_dir()]
     reports = [line for d in trial_dirs for line in _result_lines(d)]
     assert len(trial_dirs) == 4 and reports
     for r in reports:  # what the optimisers used is what the (possibly mutated) config says
         assert r["lr_g"] == r["config"]["train"]["lr_g"] and r["lr_d"] == r["config"]["train"]["lr_d"], r
     # Each exploit (a pbt_policy line: [..., old step, new step, donor config, mutated config]) must show up
     # as reports of the receiving trial under the mutated config; otherwise the check above proved nothing.
-    policies = list((tune_tmp / "outputs" / "ray_results").glob("smoke-tune-*/pbt_policy_*.txt"))
+    policies = list(experiment.glob("pbt_policy_*.txt"))
     assert policies, "PBT never perturbed a trial"
     for policy in policies:
         trial_id = policy.stem.removeprefix("pbt_policy_")
@@ -101,7 +107,7 @@ def test_pbt_trials_train_with_their_mutated_values(ray_cluster, tune_tmp):
 def test_multi_worker_trials_run_a_torch_trainer(ray_cluster, tune_tmp):
     out = _run_until_tune(tune_tmp, "multi-worker", "tune.steps=20", "tune.report_every=10",
                           'tune.search_space={"train.lr_g": {type: grid, values: [0.0002]}}')
-    trial_dir = next(d for d in (tune_tmp / "outputs" / "ray_results").glob("smoke-tune-*/*") if d.is_dir())
+    trial_dir = next(d for d in _experiment(tune_tmp, out).iterdir() if d.is_dir())
     last = _result_lines(trial_dir)[-1]
     assert len(last["worker_nodes"]) == 2 and last["ranks_in_sync"] == 1.0
     assert math.isfinite(last["stability_score"]) and "class_kl" in last
