@@ -17,10 +17,7 @@ class GeneratorPyfunc(mlflow.pyfunc.PythonModel):
     """predict(DataFrame[label, seed?]) -> float32 images (N, C, H, W) in [-1, 1], one per row."""
 
     def load_context(self, context) -> None:
-        blob = torch.load(context.artifacts["generator"], map_location="cpu", weights_only=True)
-        self.generator = Generator(**json.loads(blob["arch_json"]))
-        self.generator.load_state_dict(blob["state_dict"])
-        self.generator.eval()
+        self.generator = load_generator_file(context.artifacts["generator"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         labels = torch.tensor(model_input["label"].to_numpy(), dtype=torch.long)
@@ -29,6 +26,14 @@ class GeneratorPyfunc(mlflow.pyfunc.PythonModel):
                          for s in seeds])
         with torch.no_grad():
             return self.generator.generate(z, labels).numpy().astype(np.float32)
+
+
+def load_generator_file(path) -> Generator:
+    """The generator in eval mode from a generator.pt written by this module (tensors and JSON only)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    generator = Generator(**json.loads(blob["arch_json"]))
+    generator.load_state_dict(blob["state_dict"])
+    return generator.eval()
 
 
 def generator_arch(G: Generator, base: int, norm: str) -> dict:

@@ -105,9 +105,8 @@ def load_any_model(ref: str):
     import re
 
     import mlflow
-    import torch
 
-    from components.models.generator import Generator
+    from components.registry import load_generator_file
     from components.training.checkpoint import load_checkpoint, models_from_checkpoint
 
     if Path(ref).exists():
@@ -125,10 +124,7 @@ def load_any_model(ref: str):
     weights = next(local.rglob("generator.pt"), None)
     if weights is None:
         raise UserError(f"--model {ref}: no generator.pt inside; is it a model logged by this pipeline?")
-    blob = torch.load(weights, map_location="cpu", weights_only=True)
-    G = Generator(**json.loads(blob["arch_json"]))
-    G.load_state_dict(blob["state_dict"])
-    return G.eval(), None
+    return load_generator_file(weights), None
 
 
 def cmd_evaluate(args, cfg) -> int:

@@ -53,7 +53,7 @@ def test_pbt_mutations_and_optuna_space():
     from ray import tune
 
     tc = load_config(SMOKE, ["tune.campaign=configs/tune/pbt.yaml"]).tune
-    mutations = tune_stage.pbt_mutations(tc.search_space)
+    mutations = tune_stage.to_param_space(tc.search_space, pbt=True)
     assert set(mutations) == {"train", "loss"} and set(mutations["train"]) == {"lr_g", "lr_d"}
     assert isinstance(mutations["loss"]["r1_gamma"], tune.search.sample.Float)
     tc = load_config(SMOKE, ["tune.search_alg=optuna"]).tune  # smoke's grid dimensions become choices

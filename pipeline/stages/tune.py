@@ -30,17 +30,19 @@ from components.training.loop import train_steps
 from components.training.ray_train import build_worker_state, run_torch_trainer
 from components.training.state import apply_hyperparameters
 from pipeline.config import SearchDim
-from pipeline.stages.context import StageContext
+from pipeline.stages.context import StageContext, read_json
 from pipeline.stages.train import fit_and_collect, loop_config
 
 
-def to_param_space(space: dict[str, SearchDim]) -> dict:
-    """Dotted keys -> nested Tune param space, e.g. {'train': {'lr_g': tune.loguniform(...)}}."""
+def to_param_space(space: dict[str, SearchDim], pbt: bool = False) -> dict:
+    """Dotted keys -> nested Tune param space, e.g. {'train': {'lr_g': tune.loguniform(...)}}.
+
+    pbt=True gives PBT's hyperparam_mutations instead: choices and grids become plain lists to resample."""
     from ray import tune
 
     makers = {
-        "choice": lambda d: tune.choice(d.values),
-        "grid": lambda d: tune.grid_search(d.values),
+        "choice": (lambda d: list(d.values)) if pbt else (lambda d: tune.choice(d.values)),
+        "grid": (lambda d: list(d.values)) if pbt else (lambda d: tune.grid_search(d.values)),
         "loguniform": lambda d: tune.loguniform(d.low, d.high),
         "uniform": lambda d: tune.uniform(d.low, d.high),
     }
@@ -70,8 +72,7 @@ def tune_trial(trial: dict, base: dict, campaign: dict) -> None:
     config = merge_trial(base, trial, campaign["trial_workers"])
     config["train"]["report_every"] = campaign["report_every"]
     warm_path = campaign["warm_start_checkpoint"]
-    warm_step = int(load_checkpoint(warm_path)["step"]) if warm_path else 0
-    config["train"]["steps"] = warm_step + campaign["steps"]
+    config["train"]["steps"] = campaign["warm_start_step"] + campaign["steps"]
     config["resolved_config"] = {**config["resolved_config"], **{k: config[k] for k in ("train", "loss", "model")}}
     if campaign["trial_workers"] > 1:
         _distributed_trial(config, campaign)
@@ -122,19 +123,6 @@ def param_space(tc) -> dict:
     return to_param_space(space)
 
 
-def pbt_mutations(space: dict[str, SearchDim]) -> dict:
-    """PBT's hyperparam_mutations, nested like the param space: each dimension resamples from its own range."""
-    from ray import tune
-
-    makers = {"choice": lambda d: list(d.values), "grid": lambda d: list(d.values),
-              "loguniform": lambda d: tune.loguniform(d.low, d.high), "uniform": lambda d: tune.uniform(d.low, d.high)}
-    nested: dict = {}
-    for key, dim in space.items():
-        section, field = key.split(".", 1)
-        nested.setdefault(section, {})[field] = makers[dim.type](dim)
-    return nested
-
-
 def build_scheduler(tc):
     from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 
@@ -145,7 +133,7 @@ def build_scheduler(tc):
     if tc.scheduler == "pbt":
         random.seed(tc.seed)  # PBT draws its exploit/explore choices from the `random` module
         return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=tc.pbt_interval,
-                                       hyperparam_mutations=pbt_mutations(tc.search_space), synch=False)
+                                       hyperparam_mutations=to_param_space(tc.search_space, pbt=True), synch=False)
     return None
 
 
@@ -204,9 +192,10 @@ def run_campaign(ctx: StageContext, base: dict):
     # Trials checkpoint only at their end; Tune's "snapshotting too often" hint does not apply.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     warm = ctx.input("train") / CHECKPOINT_FILE if tc.warm_start else None
+    warm_step = int(read_json(ctx.input("train") / "metrics.json")["steps"]) if warm else 0
     campaign = {"steps": tc.steps, "report_every": tc.report_every, "trial_workers": tc.trial_workers,
                 "scoring": scoring_spec(ctx, Path(base["data_dir"])), "checkpoint_every_report": tc.scheduler == "pbt",
-                "warm_start_checkpoint": str(warm) if warm else None}
+                "warm_start_checkpoint": str(warm) if warm else None, "warm_start_step": warm_step}
     trainable = tune.with_resources(tune.with_parameters(tune_trial, base=base, campaign=campaign),
                                     trial_resources(tc))
     storage = (ctx.work_dir / "ray_results").resolve()
