@@ -17,13 +17,15 @@ $(STAMP): pyproject.toml
 	# The CPU wheel of torch is on disk here; plain `torch` would pull a 5 GB CUDA build.
 	$(PY) -m pip install -q "torch==2.13.0" || $(PY) -m pip install -q torch
 	$(PY) -m pip install -q -e ".[dev]"
+	# Standard FID's InceptionV3 only; its torchvision dependency is a CUDA build that breaks the CPU torch.
+	$(PY) -m pip install -q --no-deps "torch-fidelity==0.4.0"
 	touch $(STAMP)
 
 run: venv
 	$(PY) -m pipeline run --config $(CONFIG)
 
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"

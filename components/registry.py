@@ -11,21 +11,32 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mlflow.types import ColSpec, Schema
+
 from components.models.generator import Generator
 
+
 class GeneratorPyfunc(mlflow.pyfunc.PythonModel):
-    """predict(DataFrame[label, seed?]) -> float32 images (N, C, H, W) in [-1, 1], one per row."""
+    """predict(DataFrame[label, seed?, count?]) -> float32 images (N, C, H, W) in [-1, 1].
+
+    Each row asks for `count` images (default 1) of class `label`, from noise seeds seed, seed+1, ...;
+    without a seed column, rows get consecutive seeds from 0. Images come in row order."""
 
     def load_context(self, context) -> None:
         self.generator = load_generator_file(context.artifacts["generator"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
-        labels = torch.tensor(model_input["label"].to_numpy(), dtype=torch.long)
-        seeds = model_input["seed"].to_numpy() if "seed" in model_input else np.arange(len(labels))
+        labels = model_input["label"].to_numpy(np.int64)
+        counts = model_input["count"].to_numpy(np.int64) if "count" in model_input else np.ones(len(labels), np.int64)
+        if (counts < 1).any():
+            raise ValueError(f"count must be at least 1 in every row, got {counts.min()}")
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])  # consecutive seeds when none are given
+        seeds = model_input["seed"].to_numpy(np.int64) if "seed" in model_input else first
+        all_seeds = np.concatenate([s + np.arange(c) for s, c in zip(seeds, counts)])
         z = torch.stack([torch.randn(self.generator.z_dim, generator=torch.Generator().manual_seed(int(s)))
-                         for s in seeds])
+                         for s in all_seeds])
         with torch.no_grad():
-            return self.generator.generate(z, labels).numpy().astype(np.float32)
+            return self.generator.generate(z, torch.from_numpy(np.repeat(labels, counts))).numpy().astype(np.float32)
 
 
 def load_generator_file(path) -> Generator:
@@ -53,11 +64,15 @@ def _model_parts(G: Generator, arch: dict, tmp: str) -> dict:
     """Keyword arguments shared by log_model and save_model: weights file, signature, example, code."""
     weights = Path(tmp) / "generator.pt"
     torch.save({"state_dict": G.state_dict(), "arch_json": json.dumps(arch)}, weights)
-    example = pd.DataFrame({"label": np.arange(min(4, arch["num_classes"]), dtype=np.int64),
-                            "seed": np.arange(min(4, arch["num_classes"]), dtype=np.int64)})
+    n = min(4, arch["num_classes"])
+    example = pd.DataFrame({"label": np.arange(n, dtype=np.int64), "seed": np.arange(n, dtype=np.int64) * 10,
+                            "count": np.full(n, 2, dtype=np.int64)})
     model = GeneratorPyfunc()
     model.generator = G.eval()
-    signature = mlflow.models.infer_signature(example, model.predict(None, example))
+    inputs = Schema([ColSpec("long", "label"), ColSpec("long", "seed", required=False),
+                     ColSpec("long", "count", required=False)])
+    signature = mlflow.models.ModelSignature(
+        inputs, mlflow.models.infer_signature(example, model.predict(None, example)).outputs)
     return {"python_model": model, "artifacts": {"generator": str(weights)}, "signature": signature,
             "input_example": example, "code_paths": [str(Path(__file__).resolve().parent)],
             "pip_requirements": _requirements()}

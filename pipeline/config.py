@@ -28,6 +28,23 @@ class RayConfig(Section):
 
     address: str | None = Field(None, description="Cluster address; null starts a local Ray on 127.0.0.1.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray; null means all cores.")
+    stage_tasks: Literal["auto", "always", "never"] = Field(
+        "auto", description="Run each stage as a Ray task: auto does so when joining a cluster (address set).")
+
+
+class StorageConfig(Section):
+    """Where stage outputs (the artifacts the DAG wires) and Ray Train/Tune checkpoints live."""
+
+    uri: str | None = Field(None, description="A pyarrow filesystem URI shared by every node (s3://bucket/prefix, "
+                                              "with ?endpoint_override=host:port&scheme=http for MinIO); null "
+                                              "keeps them in work_dir on a local (or shared) disk.")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_or_path(cls, uri: str | None) -> str | None:
+        if uri is not None and not uri.strip():
+            raise ValueError("empty; use null for work_dir or a URI such as s3://bucket/prefix")
+        return uri
 
 
 class SearchDim(Section):
@@ -120,6 +137,17 @@ class EvaluateConfig(Section):
     kid_subset_size: int = Field(100, ge=2, description="KID: samples per subset.")
     nn_k: int = Field(5, ge=1, description="k of the k-NN balls of precision/recall/density/coverage.")
     seed: int = Field(0, description="Seed of sampling and the evaluator.")
+    inception_weights: str | None = Field(
+        None, description="Local InceptionV3 FID weights (pt_inception-2015-12-05-6726825d.pth); when set, "
+                          "standard FID/KID are computed too (needs torch-fidelity). Never downloaded.")
+    inception_samples: int = Field(1000, ge=2, description="Generated and real images compared by FID/KID.")
+
+    @field_validator("inception_weights")
+    @classmethod
+    def _weights_exist(cls, path: str | None) -> str | None:
+        if path is not None and not Path(path).expanduser().is_file():
+            raise ValueError(f"{path} is not a file; point it to local InceptionV3 weights or leave it unset")
+        return path
 
 
 class GatesConfig(Section):
@@ -147,6 +175,7 @@ class PipelineConfig(Section):
     work_dir: str = Field("outputs", description="Where stage outputs are written.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)

@@ -26,6 +26,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("promote", promote.run, ("evaluate", "tune"), ("promote",)),
 )
 
+STAGE_BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
+
+
 def stage_names() -> list[str]:
     """Stage names in dependency order."""
     return [s.name for s in STAGES]

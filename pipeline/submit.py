@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shlex
 import time
 from pathlib import Path
 
@@ -17,7 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 UPLOAD_EXCLUDES = [".venv", "mlruns", "mlartifacts", "mlflow.db", "outputs", "ray_results", ".git", "*.png",
                    "__pycache__", ".pytest_cache"]
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-                 "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+                 "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EC2_METADATA_DISABLED")
 
 
 def require_token(environ=os.environ) -> None:
@@ -50,7 +52,9 @@ def submit(address: str, config: str, overrides: list[str], follow: bool, entryp
 
     if not (REPO / config).is_file() and not Path(config).is_file():
         raise UserError(f"config file not found: {config}")
-    entrypoint = " ".join(["python -m pipeline run --config", config, *[f"--set {o}" for o in overrides]])
+    # Quoted: overrides carry URIs with ? and & (storage.uri=s3://...?endpoint_override=...&scheme=http).
+    entrypoint = " ".join(["python -m pipeline run --config", shlex.quote(config),
+                           *[f"--set {shlex.quote(o)}" for o in overrides]])
     submission_id = f"ganpipe-{Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         client = JobSubmissionClient(address)

@@ -8,6 +8,11 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# S3 tests talk to a moto server on 127.0.0.1 only: dummy credentials, and no EC2 metadata lookups.
+os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                  AWS_EC2_METADATA_DISABLED="true")
+for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+    os.environ.pop(_var, None)
 
 import socket  # noqa: E402
 import subprocess  # noqa: E402
@@ -82,3 +87,33 @@ def mlflow_server(tmp_path):
         os.kill(pid, 15)
 
 
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """An S3 API (moto) on 127.0.0.1; yields host:port. Skips when moto is not installed."""
+    server = REPO / ".venv" / "bin" / "moto_server"
+    if not server.exists():
+        pytest.skip("moto[server] is not installed (pip install -e '.[dev]')")
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("moto server did not start: " + log.read_text()[-500:])
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def s3_uri(endpoint: str, bucket_path: str) -> str:
+    """An s3:// URI on the test endpoint (plain HTTP; the bucket is created on first write)."""
+    return f"s3://{bucket_path}?endpoint_override={endpoint}&scheme=http&allow_bucket_creation=true"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from components.data.reader import load_split
-from components.losses import Batch, GANLoss, LossConfig
+from components.losses import GANLoss, LossConfig
 from components.metrics.robustness import d_robustness
 from components.models import Discriminator, Generator
 from components.training.loop import train_steps

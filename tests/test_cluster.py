@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, s3_uri
 
 sys.path.insert(0, str(REPO / "infra" / "local"))
 import cluster  # noqa: E402
@@ -34,26 +34,49 @@ def test_cluster_script_starts_and_stops_only_its_own_processes(two_node_cluster
     assert cluster.own_pids(two_node_cluster["temp_dir"])
 
 
-def test_submit_smoke_pipeline_as_ray_job(two_node_cluster, mlflow_server, tmp_path):
+def test_submit_smoke_pipeline_as_ray_job(two_node_cluster, mlflow_server, s3_endpoint, tmp_path):
+    """The DAG as one Ray job: every stage a Ray task, every output and checkpoint in S3 (moto on 127.0.0.1),
+    nothing in the job's work dir; a rerun from another process finds it all cached in S3."""
     from mlflow.tracking import MlflowClient
+
+    from components.storage import Location, join
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
     env.pop("RAY_ADDRESS", None)
+    bucket = s3_uri(s3_endpoint, f"cluster-{os.getpid()}/smoke")
+    sets = [f"work_dir={tmp_path / 'driver'}", "ray.num_cpus=null", f"storage.uri={bucket}",
+            "train.steps=10", "train.report_every=5", "train.checkpoint_every=5",
+            'tune.search_space={"train.lr_g": {type: grid, values: [0.0002]}}']
     cmd = [sys.executable, "-m", "pipeline", "submit", "--address", two_node_cluster["dashboard"],
-           "--config", "configs/smoke.yaml", "--follow", "--set", f"work_dir={tmp_path / 'shared'}",
-           "--set", "ray.num_cpus=null"]
+           "--config", "configs/smoke.yaml", "--follow", *[x for o in sets for x in ("--set", o)]]
     job = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     (tmp_path.parent / "job.log").write_text(job.stdout + job.stderr)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-2000:]
-    assert "SUCCEEDED" in job.stdout
+    assert "SUCCEEDED" in job.stdout and "train: running as a Ray task" in job.stdout
 
     client = MlflowClient(mlflow_server)
     version = client.get_model_version_by_alias("ganpipe-smoke", "challenger")
     assert version.version
-    train_runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                    filter_string="tags.stage = 'train'")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    train_runs = client.search_runs(experiments, filter_string="tags.stage = 'train'")
     nodes = set(train_runs[0].data.tags["worker_nodes"].split(","))
     assert len(nodes) == 2  # one DDP rank on each node
+    parent = client.get_run(train_runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["stage_executor"] == "ray-task"
+    stage_runs = client.search_runs(experiments, f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["stage"] for r in stage_runs) == ["evaluate", "prepare", "promote", "train", "tune"]
+    for run in stage_runs:  # ran elsewhere than the job's driver, and published to S3
+        assert run.data.tags["executor_pid"] != parent.data.tags["driver_pid"]
+        uri = join(bucket, "stages", run.data.tags["stage"], run.data.tags["fingerprint"][:16], "_stage.json")
+        assert Location(uri).exists(), uri
+    assert Location(join(bucket, "ray_results")).exists()  # Ray Train and Tune checkpoints
+    assert not (tmp_path / "driver" / "stages").exists()
+
+    rerun = run_pipeline(load_config(REPO / "configs" / "smoke.yaml", [*sets, f"tracking.uri={mlflow_server}",
+                                                                      f"work_dir={tmp_path / 'laptop'}"]))
+    assert rerun["cached"] == ["prepare", "train", "tune", "evaluate", "promote"]
 
 
 def test_submit_without_token_fails_clearly(tmp_path, monkeypatch):

@@ -2,7 +2,6 @@
 no committed secrets, and loopback-only defaults in local scripts."""
 import re
 import tomllib
-from pathlib import Path
 
 import jsonschema
 import pytest

@@ -31,6 +31,20 @@ def test_frechet_cross_checks_scipy_sqrtm():
     assert fd(a, b)["fd"] == pytest.approx(ref, rel=1e-6)
 
 
+def test_small_sample_trace_form_matches_sqrtm():
+    from components.metrics.quality import trace_sqrt_cov_product
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(60, 5)), rng.normal(size=(40, 5)) @ rng.normal(size=(5, 5))
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ref = np.trace(linalg.sqrtm(s_a @ s_b).real)
+    assert trace_sqrt_cov_product(a - a.mean(0), b - b.mean(0)) == pytest.approx(ref, rel=1e-8)
+    # Fewer samples than features takes that path; identical sets still give 0.
+    wide = rng.normal(size=(30, 100))
+    assert fd(wide, wide)["fd"] == pytest.approx(0.0, abs=1e-8)
+    assert fd(wide, wide + 1.0)["fd"] == pytest.approx(100.0, rel=1e-8)  # a pure mean shift
+
+
 def test_class_histogram_kl_and_coverage():
     uniform = QUALITY_METRICS["class_histogram"](np.repeat(np.arange(4), 25), 4)
     assert uniform["class_kl"] == pytest.approx(0.0, abs=1e-9) and uniform["classes_covered"] == 4

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
-WRITERS, BATCHES, PER_BATCH = 8, 10, 10
+WRITERS, BATCHES, PER_BATCH = 8, 5, 10
 
 WRITER = """
 import sys

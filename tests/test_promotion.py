@@ -91,6 +91,15 @@ def test_pyfunc_returns_images_for_requested_labels(registry):
     assert out.shape == (4, 1, 32, 32) and out.dtype == np.float32
     assert out.min() >= -1 and out.max() <= 1
     np.testing.assert_array_equal(out[2], out[3])  # same label and seed, same image
+    # count: several images per row, from consecutive seeds; labels alone work too
+    many = model.predict(pd.DataFrame({"label": [5, 9], "seed": [1, 2], "count": [3, 2]}))
+    assert many.shape == (5, 1, 32, 32)
+    same = dict(rtol=0, atol=1e-6)  # across batch sizes, kernels may round the last bit differently
+    np.testing.assert_allclose(many[0], out[1], **same)
+    np.testing.assert_allclose(many[3], out[2], **same)
+    np.testing.assert_allclose(many[1], model.predict(pd.DataFrame({"label": [5], "seed": [2]}))[0], **same)
+    assert np.abs(many[0] - many[1]).max() > 1e-3  # consecutive seeds are different images
+    assert model.predict(pd.DataFrame({"label": [3, 4]})).shape == (2, 1, 32, 32)
 
 
 def cli(registry, *args):

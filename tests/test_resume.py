@@ -14,7 +14,10 @@ pytestmark = pytest.mark.slow
 
 def pipeline_cmd(tmp_path) -> list[str]:
     cmd = [sys.executable, "-m", "pipeline", "run", "--config", str(REPO / "configs" / "smoke.yaml")]
-    for o in smoke_overrides(tmp_path) + ["train.steps=120", "train.report_every=10", "train.checkpoint_every=10"]:
+    # A cheap downstream (one tune trial, small evaluation): the resumed training is what is under test.
+    for o in smoke_overrides(tmp_path) + ["train.steps=60", "train.report_every=10", "train.checkpoint_every=10",
+                                          'tune.search_space={"train.lr_g": {type: grid, values: [0.0002]}}',
+                                          "evaluate.samples_per_class=8", "evaluate.classifier_steps=50"]:
         cmd += ["--set", o]
     return cmd
 
@@ -27,11 +30,11 @@ def test_killed_training_resumes_and_skips_prepare(tmp_path):
     deadline = time.time() + 300
     for line in first.stdout:
         seen.append(line)
-        if "train step 30/120" in line or time.time() > deadline:
+        if "train step 30/60" in line or time.time() > deadline:
             break
     os.killpg(first.pid, signal.SIGKILL)  # the driver and everything it started, mid-training
     first.wait(timeout=60)
-    assert any("train step 30/120" in s for s in seen), "".join(seen[-30:])
+    assert any("train step 30/60" in s for s in seen), "".join(seen[-30:])
 
     second = subprocess.run(pipeline_cmd(tmp_path), cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=900)

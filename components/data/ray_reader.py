@@ -9,15 +9,21 @@ import torch
 from components.data.reader import SplitTensors
 from components.data.shards import read_manifest
 from components.errors import UserError
+from components.storage import Location, is_remote, join, localize
 
 
 def ray_dataset(data_dir: str | Path, split: str):
     """ray.data.Dataset over one split's Parquet files (image, label columns only)."""
     import ray.data
 
+    if is_remote(data_dir):  # read tasks on any node fetch their files from the shared storage
+        fs, base = Location(str(data_dir)).fs_and_path()
+        manifest = read_manifest(localize(join(str(data_dir), "manifest.json")).parent)
+        files = [f"{base}/{f}" for f in manifest["files"][split]]
+        return ray.data.read_parquet(files, filesystem=fs).select_columns(["image", "label"])
     manifest = read_manifest(data_dir)
     files = [str(Path(data_dir) / f) for f in manifest["files"][split]]
-    return ray.data.read_parquet(files, columns=["image", "label"])
+    return ray.data.read_parquet(files).select_columns(["image", "label"])
 
 
 def shard_tensors(rows_iterator, image_shape_hwc: list[int]) -> SplitTensors:

@@ -8,13 +8,30 @@ from scipy import linalg
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> dict[str, float]:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two (N, F) feature sets."""
     mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
-    s_a, s_b = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
-    covmean = linalg.sqrtm(s_a @ s_b)
-    if not np.all(np.isfinite(covmean)):  # near-singular product: regularise as in the reference FID code
-        eye = np.eye(len(s_a)) * 1e-6
-        covmean = linalg.sqrtm((s_a + eye) @ (s_b + eye))
-    fd = float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean.real))
+    n, m, f = len(feats_a), len(feats_b), feats_a.shape[1]
+    if min(n, m) < f:  # fewer samples than features (2048-d Inception): the exact small-side form
+        tr_covmean = trace_sqrt_cov_product(feats_a - mu_a, feats_b - mu_b)
+        tr_a = float((feats_a - mu_a).var(0, ddof=1).sum())
+        tr_b = float((feats_b - mu_b).var(0, ddof=1).sum())
+    else:
+        s_a, s_b = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
+        covmean = linalg.sqrtm(s_a @ s_b)
+        if not np.all(np.isfinite(covmean)):  # near-singular product: regularise as in the reference FID code
+            eye = np.eye(len(s_a)) * 1e-6
+            covmean = linalg.sqrtm((s_a + eye) @ (s_b + eye))
+        tr_covmean, tr_a, tr_b = float(np.trace(covmean.real)), float(np.trace(s_a)), float(np.trace(s_b))
+    fd = float(((mu_a - mu_b) ** 2).sum() + tr_a + tr_b - 2 * tr_covmean)
     return {"fd": max(fd, 0.0)}
+
+
+def trace_sqrt_cov_product(centred_a: np.ndarray, centred_b: np.ndarray) -> float:
+    """Tr((S_a S_b)^(1/2)) from centred samples, without forming F x F matrices.
+
+    S_a S_b = A^T A B^T B / c has the nonzero eigenvalues of (A B^T)(A B^T)^T / c, which are the squared
+    singular values of A B^T / sqrt(c), c = (n-1)(m-1); so the trace is the nuclear norm of A B^T / sqrt(c).
+    An SVD of an n x m matrix instead of sqrtm of F x F: exact, and stable for singular covariances."""
+    n, m = len(centred_a), len(centred_b)
+    return float(np.linalg.svd(centred_a @ centred_b.T, compute_uv=False).sum() / np.sqrt((n - 1) * (m - 1)))
 
 
 def class_histogram(pred_labels: np.ndarray, num_classes: int, target: np.ndarray | None = None) -> dict[str, float]:

@@ -6,7 +6,6 @@ workers, so both kinds of trial report identical metrics.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,6 +13,7 @@ import torch
 from components.metrics.classifier import load_classifier, predict
 from components.metrics.quality import class_histogram, frechet_distance
 from components.metrics.stability import mode_terms, stability_score
+from components.storage import localize
 
 
 class TrialScorer:
@@ -25,8 +25,8 @@ class TrialScorer:
         self.spec, self.num_classes = spec, num_classes
         self.classifier = None
         if spec.get("evaluator"):
-            self.classifier = load_classifier(Path(spec["evaluator"]), channels, resolution, num_classes)
-        self.real_features = np.load(spec["real_features"]) if spec.get("real_features") else None
+            self.classifier = load_classifier(localize(spec["evaluator"]), channels, resolution, num_classes)
+        self.real_features = np.load(localize(spec["real_features"])) if spec.get("real_features") else None
 
     @torch.no_grad()
     def modes(self, G) -> dict[str, float] | None:

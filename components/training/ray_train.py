@@ -18,6 +18,7 @@ from components.training.checkpoint import load_checkpoint, rank_rng_state, rest
 from components.training.config import TrainConfig
 from components.training.loop import train_steps
 from components.training.mlflow_logger import MlflowRunLogger
+from components.storage import localize, ray_storage_args
 from components.training.state import apply_hyperparameters, make_state
 
 
@@ -26,8 +27,9 @@ def build_worker_state(loop_config: dict, rank: int, world: int, wrap=lambda m: 
     """Configs, data and GanState for one rank, from the plain-dict loop config (data: this rank's shard)."""
     model_cfg = ModelConfig(**loop_config["model"])
     train_cfg = TrainConfig(**loop_config["train"])
-    manifest = read_manifest(loop_config["data_dir"])
-    data = data if data is not None else load_split(loop_config["data_dir"], "train")
+    data_dir = localize(loop_config["data_dir"])  # a node-local copy when the data sit in remote storage
+    manifest = read_manifest(data_dir)
+    data = data if data is not None else load_split(data_dir, "train")
     rebalance = loop_config["rebalance"]
     weights = manifest["train_statistics"]["weights"][loop_config["weight_scheme"]]
     state = make_state(model_cfg, train_cfg, data, manifest["num_classes"], rebalance, weights, rank, world,
@@ -55,7 +57,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     shard = None
     if loop_config.get("reader") == "ray_data":
-        shape = read_manifest(loop_config["data_dir"])["image_shape_hwc"]
+        shape = read_manifest(localize(loop_config["data_dir"]))["image_shape_hwc"]
         shard = shard_tensors(ray.train.get_dataset_shard("train"), shape)
     state, cfg, loss = build_worker_state(loop_config, rank, world, wrap, device, shard)
     resumed = ray.train.get_checkpoint()
@@ -65,7 +67,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank == 0:
             print(f"  train: resuming from the checkpoint at step {state.step}", flush=True)
     elif loop_config.get("init_checkpoint"):  # warm start (tune trials continue the trained networks)
-        restore_state(state, load_checkpoint(loop_config["init_checkpoint"]), loss)
+        restore_state(state, load_checkpoint(localize(loop_config["init_checkpoint"])), loss)
     apply_hyperparameters(state, cfg)
     scorer = None
     if loop_config.get("scoring") and rank == 0:
@@ -149,15 +151,17 @@ def progress_line(what: str, step: int, total: int, batch: int, m: dict[str, flo
             f"{m['images_per_s']:.0f} img/s  ETA {eta_s:.0f}s")
 
 
-def run_torch_trainer(loop_config: dict, storage_path: Path, run_name: str, callbacks: list | None = None):
+def run_torch_trainer(loop_config: dict, storage: Path | str, run_name: str, callbacks: list | None = None):
     """Launch `train_loop_per_worker` on a TorchTrainer; returns the Ray Train Result.
 
+    storage: a local path or a storage URI (s3://...), where Ray Train keeps checkpoints.
     callbacks: Ray Train callbacks, e.g. Tune's TuneReportCallback when a tune trial launches it."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = TrainConfig(**loop_config["train"])
     backend = {"auto": "nccl" if cfg.use_gpu else "gloo"}.get(cfg.backend, cfg.backend)
+    storage_path, storage_fs = ray_storage_args(storage)
     datasets = {"train": ray_dataset(loop_config["data_dir"], "train")} if loop_config.get("reader") == "ray_data" else None
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -169,7 +173,7 @@ def run_torch_trainer(loop_config: dict, storage_path: Path, run_name: str, call
                                          "CPU": cfg.threads_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}),
         run_config=RunConfig(
             name=run_name,
-            storage_path=str(Path(storage_path).resolve()),
+            storage_path=storage_path, storage_filesystem=storage_fs,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),  # our own progress lines say enough

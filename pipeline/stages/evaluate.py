@@ -72,6 +72,25 @@ def run(ctx: StageContext) -> dict:
 OUTPUT_FILES = ("evaluation.json", "per_class.csv", "samples.png", "generated_classes.png", "robustness_curves.png")
 
 
+def standard_fid(ec, fake: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
+    """FID/KID on InceptionV3 features when the config points to local weights; otherwise one log line."""
+    if not ec.inception_weights:
+        print("  evaluate: standard FID/KID skipped (evaluate.inception_weights not set; nothing is downloaded)",
+              flush=True)
+        return {}
+    from components.metrics.inception import inception_metrics, load_inception
+
+    gen = torch.Generator().manual_seed(ec.seed)
+    pick = lambda x: x[torch.randperm(len(x), generator=gen)[:ec.inception_samples]]  # noqa: E731
+    fake_n, real_n = pick(fake), pick(real)
+    print(f"  evaluate: standard FID/KID on InceptionV3 features ({len(fake_n)} generated vs {len(real_n)} real)",
+          flush=True)
+    out = inception_metrics(load_inception(ec.inception_weights), fake_n, real_n, ec.kid_subsets,
+                            ec.kid_subset_size, ec.seed)
+    print(f"  evaluate: FID {out['fid']:.2f}, KID {out['kid_inception']:.4f}", flush=True)
+    return out
+
+
 def evaluate_models(G, D, data_dir: Path, ec, cache_dir: Path, out_dir: Path, extra: dict | None = None) -> dict:
     """Every quality, per-class and robustness metric of generator G (and discriminator D, if given) against
     the prepared data in data_dir; writes OUTPUT_FILES into out_dir and returns the evaluation dict."""
@@ -102,6 +121,7 @@ def evaluate_models(G, D, data_dir: Path, ec, cache_dir: Path, out_dir: Path, ex
     result["data_digest"] = manifest["digest"]
     result.update(QUALITY_METRICS["kernel_inception_distance"](f_fake.numpy(), f_train.numpy(), ec.kid_subsets,
                                                                ec.kid_subset_size, ec.seed))
+    result.update(standard_fid(ec, fake, train.images_float()))
     result.update(QUALITY_METRICS["precision_recall_density_coverage"](f_train.numpy(), f_fake.numpy(), ec.nn_k))
     result.update(QUALITY_METRICS["intra_class_fd"](f_train.numpy(), train.labels.numpy(), f_fake.numpy(),
                                                     y_req.numpy(), n_classes))

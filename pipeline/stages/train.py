@@ -14,25 +14,27 @@ import mlflow
 
 from components.errors import UserError
 from components.plots import line_chart
+from components.storage import Location, is_remote, join
 from components.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from components.training.ray_train import run_torch_trainer
 from pipeline.config import PipelineConfig
 from pipeline.stages.context import StageContext
 
 
-def build_loop_config(cfg: PipelineConfig, data_dir: Path, mlflow_target: dict | None = None,
+def build_loop_config(cfg: PipelineConfig, data_dir: Path | str, mlflow_target: dict | None = None,
                       train_overrides: dict | None = None) -> dict:
-    """The plain-dict config that travels to Ray workers (and to in-process training in tests)."""
+    """The plain-dict config that travels to Ray workers (and to in-process training in tests).
+    data_dir: a local path or a storage URI (workers `localize` it)."""
     train = {**cfg.train.model_dump(), **(train_overrides or {})}
     return {
         "model": cfg.model.model_dump(), "loss": cfg.loss.model_dump(), "train": train,
-        "data_dir": str(Path(data_dir).resolve()), "rebalance": cfg.data.rebalance,
+        "data_dir": data_dir if is_remote(data_dir) else str(Path(data_dir).resolve()), "rebalance": cfg.data.rebalance,
         "weight_scheme": cfg.data.weight_scheme, "reader": cfg.data.reader, "mlflow": mlflow_target,
         "resolved_config": {**cfg.model_dump(mode="json"), "train": train},
     }
 
 
-def loop_config(ctx: StageContext, data_dir: Path, train_overrides: dict | None = None) -> dict:
+def loop_config(ctx: StageContext, data_dir: Path | str, train_overrides: dict | None = None) -> dict:
     """build_loop_config for a stage run: rank 0 logs into the stage's MLflow run."""
     return build_loop_config(ctx.cfg, data_dir, {"tracking_uri": ctx.tracking_uri, "run_id": ctx.run_id},
                              train_overrides)
@@ -51,9 +53,9 @@ def check_gpu_request(use_gpu: bool, num_workers: int) -> None:
 def fit_and_collect(ctx: StageContext, config: dict, run_name: str, out_dir: Path) -> dict:
     """Run the TorchTrainer, copy its final checkpoint to out_dir, and return the final metrics."""
     check_gpu_request(config["train"]["use_gpu"], config["train"]["num_workers"])
-    storage = ctx.work_dir / "ray_results"
+    storage = ctx.ray_storage()
     if ctx.forced:  # a run with the same name would resume from its latest checkpoint
-        shutil.rmtree(storage / run_name, ignore_errors=True)
+        Location(join(storage, run_name)).delete()
     result = run_torch_trainer(config, storage, run_name)
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}")
@@ -63,7 +65,7 @@ def fit_and_collect(ctx: StageContext, config: dict, run_name: str, out_dir: Pat
 
 
 def run(ctx: StageContext) -> dict:
-    config = loop_config(ctx, ctx.input("prepare") / "data")
+    config = loop_config(ctx, ctx.input_uri("prepare", "data"))
     metrics = fit_and_collect(ctx, config, f"{ctx.cfg.name}-train-{ctx.fingerprint[:12]}", ctx.out_dir)
     ckpt = load_checkpoint(ctx.out_dir / CHECKPOINT_FILE)
     trace = {k: v.tolist() for k, v in ckpt["trace"].items()}

@@ -25,6 +25,7 @@ from components.errors import UserError
 from components.metrics.classifier import cached_classifier, classifier_cache_path, predict
 from components.metrics.trial_scoring import TrialScorer
 from components.plots import line_chart, scatter_chart
+from components.storage import Location, join, localize, ray_storage_args
 from components.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_state, save_checkpoint
 from components.training.loop import train_steps
 from components.training.ray_train import build_worker_state, run_torch_trainer
@@ -85,7 +86,7 @@ def tune_trial(trial: dict, base: dict, campaign: dict) -> None:
         with resumed.as_directory() as d:
             restore_state(state, load_checkpoint(d), loss)
     elif warm_path:  # continue the train stage's networks under this trial's settings
-        restore_state(state, load_checkpoint(warm_path), loss)
+        restore_state(state, load_checkpoint(localize(warm_path)), loss)
     apply_hyperparameters(state, cfg)  # the trial's (possibly mutated) values win over the saved ones
     _, c, h, _ = state.sampler.data.images_u8.shape
     scorer = TrialScorer(campaign["scoring"], c, h, state.num_classes)
@@ -109,8 +110,9 @@ def _distributed_trial(config: dict, campaign: dict) -> None:
 
     config["scoring"] = campaign["scoring"]
     config["init_checkpoint"] = campaign["warm_start_checkpoint"]
-    trial_dir = Path(tune.get_context().get_trial_dir())
-    result = run_torch_trainer(config, trial_dir, "train", callbacks=[TuneReportCallback()])
+    # Ray Train checkpoints go to the campaign's storage (shared when remote), one run per trial.
+    result = run_torch_trainer(config, campaign["trial_storage"], f"train-{tune.get_context().get_trial_id()}",
+                               callbacks=[TuneReportCallback()])
     if result.error is not None:
         raise RuntimeError(f"trial training failed: {result.error}")
 
@@ -123,10 +125,14 @@ def param_space(tc) -> dict:
     return to_param_space(space)
 
 
+def reports_per_trial(tc) -> int:
+    return max(1, math.ceil(tc.steps / tc.report_every))
+
+
 def build_scheduler(tc):
     from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 
-    max_t = max(1, math.ceil(tc.steps / tc.report_every))
+    max_t = reports_per_trial(tc)
     if tc.scheduler == "asha":
         return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=max(1, max_t // 4),
                              reduction_factor=2)
@@ -175,12 +181,12 @@ def scoring_spec(ctx: StageContext, data_dir: Path) -> dict:
         train = load_split(data_dir, "train")
         clf = cached_classifier(ctx.work_dir / "cache", manifest["digest"], train, manifest["num_classes"],
                                 ec.classifier_steps, ec.seed)
-        spec["evaluator"] = str(classifier_cache_path(ctx.work_dir / "cache", manifest["digest"],
-                                                      ec.classifier_steps, ec.seed).resolve())
+        spec["evaluator"] = ctx.share(classifier_cache_path(ctx.work_dir / "cache", manifest["digest"],
+                                                            ec.classifier_steps, ec.seed))
         if tc.weights.fcd > 0:
             feats, _ = predict(clf, load_split(data_dir, "val").images_float())
             np.save(ctx.out_dir / "real_features.npy", feats.numpy())
-            spec["real_features"] = str((ctx.out_dir / "real_features.npy").resolve())
+            spec["real_features"] = ctx.share(ctx.out_dir / "real_features.npy")
     return spec
 
 
@@ -191,25 +197,29 @@ def run_campaign(ctx: StageContext, base: dict):
     tc = ctx.cfg.tune
     # Trials checkpoint only at their end; Tune's "snapshotting too often" hint does not apply.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    warm = ctx.input("train") / CHECKPOINT_FILE if tc.warm_start else None
+    name = f"{ctx.cfg.name}-tune-{ctx.fingerprint[:12]}"
+    warm = ctx.input_uri("train", CHECKPOINT_FILE) if tc.warm_start else None
     warm_step = int(read_json(ctx.input("train") / "metrics.json")["steps"]) if warm else 0
     campaign = {"steps": tc.steps, "report_every": tc.report_every, "trial_workers": tc.trial_workers,
-                "scoring": scoring_spec(ctx, Path(base["data_dir"])), "checkpoint_every_report": tc.scheduler == "pbt",
-                "warm_start_checkpoint": str(warm) if warm else None, "warm_start_step": warm_step}
+                "scoring": scoring_spec(ctx, ctx.input("prepare") / "data"),
+                "checkpoint_every_report": tc.scheduler == "pbt",
+                "warm_start_checkpoint": warm, "warm_start_step": warm_step,
+                "trial_storage": join(ctx.ray_storage(), f"{name}-trials")}  # multi-worker trials' Ray Train runs
     trainable = tune.with_resources(tune.with_parameters(tune_trial, base=base, campaign=campaign),
                                     trial_resources(tc))
-    storage = (ctx.work_dir / "ray_results").resolve()
-    name = f"{ctx.cfg.name}-tune-{ctx.fingerprint[:12]}"
-    if (storage / name).exists() and ctx.forced:
-        shutil.rmtree(storage / name)
-    if tune.Tuner.can_restore(str(storage / name)):
+    experiment = Location(join(ctx.ray_storage(), name))
+    if ctx.forced:
+        experiment.delete()
+        Location(campaign["trial_storage"]).delete()
+    storage, fs = ray_storage_args(ctx.ray_storage())
+    if tune.Tuner.can_restore(f"{storage}/{name}", storage_filesystem=fs):
         if not ctx.resume:
-            raise UserError(f"an interrupted campaign exists in {storage / name}: pass --resume to continue it "
+            raise UserError(f"an interrupted campaign exists in {experiment.uri}: pass --resume to continue it "
                             "or --force to start over")
         # An interrupted campaign with the same fingerprint: finished trials are kept, the rest continue.
-        print(f"  tune: resuming the interrupted campaign in {storage / name}", flush=True)
-        tuner = tune.Tuner.restore(str(storage / name), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
+        print(f"  tune: resuming the interrupted campaign in {experiment.uri}", flush=True)
+        tuner = tune.Tuner.restore(f"{storage}/{name}", trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True, storage_filesystem=fs)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -218,7 +228,10 @@ def run_campaign(ctx: StageContext, base: dict):
                                         scheduler=build_scheduler(tc), search_alg=build_search_alg(tc),
                                         reuse_actors=True),  # PBT restores skip a new process (~6 s here)
             # PBT clones other trials' earlier checkpoints, so it must keep them all.
-            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
+            # Stop each trial at its last report before the scheduler sees it: PBT would otherwise clone a
+            # donor into a trial that has finished, which restarts at the end, trains nothing, reports nothing.
+            run_config=tune.RunConfig(name=name, storage_path=storage, storage_filesystem=fs, verbose=0,
+                                      stop={"training_iteration": reports_per_trial(tc)},
                                       checkpoint_config=tune.CheckpointConfig(
                                           num_to_keep=None if tc.scheduler == "pbt" else 1)),
         )
@@ -226,7 +239,7 @@ def run_campaign(ctx: StageContext, base: dict):
     # On Ctrl+C Tune saves its state and returns normally, with trials unfinished or never started.
     if results.num_terminated + results.num_errors < max(len(results), expected_trials(tc)):
         print(f"  tune: campaign interrupted; continue it with `python -m pipeline tune --resume` "
-              f"(state in {storage / name})", flush=True)
+              f"(state in {experiment.uri})", flush=True)
         raise KeyboardInterrupt
     return results
 
@@ -237,7 +250,7 @@ def expected_trials(tc) -> int:
     return tc.num_samples * math.prod(grids)
 
 
-def _trial_rows(results) -> list[dict]:
+def _trial_rows(results, storage_fs) -> list[dict]:
     from ray.tune import Checkpoint
 
     rows = []
@@ -246,7 +259,7 @@ def _trial_rows(results) -> list[dict]:
         score = m.get("stability_score", math.inf)
         checkpoint = r.checkpoint
         if checkpoint is None and m.get("checkpoint_path"):  # multi-worker trials: Ray Train's checkpoint
-            checkpoint = Checkpoint(m["checkpoint_path"])
+            checkpoint = Checkpoint(m["checkpoint_path"], filesystem=storage_fs)
         rows.append({"trial": i, "config": r.config, "score": score if score == score else math.inf,
                      "steps": m.get("step", 0), "diverged": m.get("diverged", 0.0), "metrics": m,
                      "history": r.metrics_dataframe, "checkpoint": checkpoint, "error": r.error})
@@ -294,9 +307,8 @@ def _plots(ctx: StageContext, rows: list[dict]) -> None:
 
 
 def run(ctx: StageContext) -> dict:
-    data_dir = ctx.input("prepare") / "data"
-    base = loop_config(ctx, data_dir)
-    rows = _trial_rows(run_campaign(ctx, base))
+    data_uri = ctx.input_uri("prepare", "data")
+    rows = _trial_rows(run_campaign(ctx, loop_config(ctx, data_uri)), ray_storage_args(ctx.ray_storage())[1])
     best = pick_best(rows)
     for r in rows:
         print(f"  tune trial {r['trial']}: {json.dumps(r['config'])} score {r['score']:.4g}"
@@ -320,7 +332,7 @@ def run(ctx: StageContext) -> dict:
             shutil.copy2(Path(d) / CHECKPOINT_FILE, candidate / CHECKPOINT_FILE)
     else:  # retrain the best config on the full training budget with the distributed trainer
         overrides = best["config"].get("train", {})
-        config = loop_config(ctx, data_dir, overrides)
+        config = loop_config(ctx, data_uri, overrides)
         for section in ("loss", "model"):
             config[section].update(best["config"].get(section, {}))
         fit_and_collect(ctx, config, f"{ctx.cfg.name}-retrain-{ctx.fingerprint[:12]}", candidate)

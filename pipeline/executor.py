@@ -1,0 +1,130 @@
+"""Run one stage wherever it is scheduled: in the driver, or as a Ray task on any node of a cluster.
+
+The executor gets URIs, never shared paths: it materialises its inputs on its own disk (`localize`: a
+no-op for local storage), runs the stage into a scratch directory under the stage's MLflow child run, and
+publishes the outputs to the stage's URI with the `_stage.json` marker last, so a stage is cached only
+when all of its outputs are in place. A failed stage leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+
+from components.errors import UserError
+from components.storage import Location, is_remote, localize
+from pipeline.config import PipelineConfig, dump_config, flat_params
+from pipeline.fingerprint import directory_digest
+from pipeline.stages.context import StageContext
+
+MARKER = "_stage.json"
+
+
+@dataclass(frozen=True)
+class StageJob:
+    """Everything a stage run needs, picklable, so it can travel to a Ray task."""
+
+    cfg: PipelineConfig
+    stage: str
+    fingerprint: str
+    final_uri: str
+    input_uris: dict[str, str]
+    store_uri: str
+    work_dir: str  # local scratch and caches (node-local when storage is remote)
+    tracking_uri: str
+    run_id: str
+    parent_run_id: str
+    lineage: dict
+    forced: bool = False
+    resume: bool = True
+
+
+def execute_stage(job: StageJob) -> dict:
+    """Run `job` and publish its outputs; returns the marker record (stage, fingerprint, digest, run id, ...)."""
+    from pipeline.dag import STAGE_BY_NAME
+
+    stage = STAGE_BY_NAME[job.stage]
+    remote = is_remote(job.final_uri)
+    work = Path(job.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    if remote:
+        scratch = Path(tempfile.mkdtemp(prefix=f"ganpipe-{job.stage}-"))
+        out = scratch / "out"
+    else:  # local storage: build next to the final dir, then rename (atomic on one filesystem)
+        final = Path(job.final_uri)
+        scratch = out = final.parent / f".tmp-{job.fingerprint[:16]}-{os.getpid()}"
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    previous_cwd = os.getcwd()
+    os.chdir(work)  # Tune resolves relative paths against the cwd; a Ray job's upload dir may vanish
+    try:
+        mlflow.set_tracking_uri(job.tracking_uri)
+        inputs = {u: localize(uri) for u, uri in job.input_uris.items()}
+        with mlflow.start_run(run_id=job.run_id, nested=True):
+            mlflow.set_tags({"stage": job.stage, "executor_host": socket.gethostname(),
+                             "executor_pid": str(os.getpid()), **job.lineage})
+            mlflow.log_params(flat_params(sections_of(job.cfg, stage)))
+            mlflow.log_text(dump_config(job.cfg), "config.yaml")
+            upstream_runs = {k.split(".", 1)[1]: v for k, v in job.lineage.items() if k.startswith("upstream.")}
+            ctx = StageContext(job.cfg, job.stage, job.fingerprint, out, inputs, work, job.tracking_uri, job.run_id,
+                               job.parent_run_id, upstream_runs, job.forced, job.resume, job.final_uri,
+                               job.input_uris, job.store_uri)
+            t0 = time.perf_counter()
+            stage.fn(ctx)
+            seconds = time.perf_counter() - t0
+            digest = directory_digest(out)
+            mlflow.set_tag("output_digest", digest)
+            mlflow.log_metric("stage_seconds", seconds)
+        record = {"stage": job.stage, "fingerprint": job.fingerprint, "digest": digest, "run_id": job.run_id,
+                  "seconds": seconds}
+        publish(out, job.final_uri, record)
+        return record
+    finally:
+        os.chdir(previous_cwd)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def publish(out: Path, final_uri: str, record: dict) -> None:
+    """Move the finished outputs to final_uri; the marker goes last, so readers never see half a stage."""
+    if not is_remote(final_uri):
+        final = Path(final_uri)
+        (out / MARKER).write_text(json.dumps(record, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(out, final)
+        return
+    loc = Location(final_uri)
+    loc.upload(out)
+    loc.child(MARKER).write_text(json.dumps(record, indent=2))
+
+
+def sections_of(cfg: PipelineConfig, stage) -> dict:
+    """The resolved config sections a stage depends on."""
+    dumped = cfg.model_dump(mode="json")
+    return {s: dumped[s] for s in stage.sections}
+
+
+def submit_stage(job: StageJob, as_ray_task: bool) -> dict:
+    """execute_stage here, or as a Ray task (no CPU reserved: the stage only drives its own Ray workers)."""
+    if not as_ray_task:
+        return execute_stage(job)
+    import ray
+    from ray.exceptions import RayTaskError
+
+    ref = ray.remote(num_cpus=0, max_retries=0)(execute_stage).remote(job)
+    try:
+        return ray.get(ref)
+    except KeyboardInterrupt:
+        ray.cancel(ref)  # the task gets the interrupt too: Tune saves its state, Train stops its workers
+        raise
+    except RayTaskError as err:
+        if isinstance(err.cause, UserError):  # one line for the user, not the remote traceback
+            raise err.cause from None
+        raise
