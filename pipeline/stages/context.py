@@ -11,7 +11,8 @@ from pipeline.config import PipelineConfig
 
 @dataclass
 class StageContext:
-    """Inputs of one stage run. `out_dir` is a temp dir that the runner renames into place on success."""
+    """Inputs of one stage run. `out_dir` is scratch space that the executor publishes on success;
+    `inputs` are the upstream outputs on this node's disk, `input_uris` the same as storage URIs."""
 
     cfg: PipelineConfig
     name: str
