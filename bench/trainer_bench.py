@@ -110,21 +110,24 @@ def run_ray_train(data_dir: Path, tmp: Path, workers: int) -> dict:
     return summarise("ray_train", workers, wall, trace["step_time_s"].tolist())
 
 
-def main() -> dict:
+def main(modes: tuple[str, ...] = ("bare", "torch_ddp", "ray_train_1", "ray_train_2"),
+         out: Path = RESULTS / "trainer.json") -> dict:
     keep_ray_on_loopback()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         data_dir = tmp / "data"
         prepare_dataset(load_config(REPO / "configs" / "default.yaml").data, data_dir)
         runs = []
         for name, fn in (("bare", lambda: run_bare(data_dir)), ("torch_ddp", lambda: run_ddp(data_dir, tmp))):
+            if name not in modes:
+                continue
             print(f"trainer bench: {name} ...", flush=True)
             runs.append(fn())
             print(f"  {runs[-1]}", flush=True)
         started = ensure_ray(None, 2)
         try:
-            for workers in (1, 2):
+            for workers in [w for w in (1, 2) if f"ray_train_{w}" in modes]:
                 print(f"trainer bench: ray_train {workers} worker(s) ...", flush=True)
                 runs.append(run_ray_train(data_dir, tmp, workers))
                 print(f"  {runs[-1]}", flush=True)
@@ -144,10 +147,17 @@ def main() -> dict:
         "meets_throughput_target": ray2["images_per_s"] >= 0.95 * ddp["images_per_s"],
         "meets_startup_target": ray2["startup_s"] < 20.0,
     }
-    (RESULTS / "trainer.json").write_text(json.dumps(result, indent=2))
+    out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", default="bare,torch_ddp,ray_train_1,ray_train_2",
+                        help="comma-separated subset of bare, torch_ddp, ray_train_1, ray_train_2")
+    parser.add_argument("--out", type=Path, default=RESULTS / "trainer.json", help="result JSON")
+    args = parser.parse_args()
+    main(tuple(args.modes.split(",")), args.out)

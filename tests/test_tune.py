@@ -67,8 +67,9 @@ def test_known_bad_settings_lose_and_an_interrupted_campaign_resumes(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tune_tmp(tmp_path_factory):
-    return tmp_path_factory.mktemp("tune")
+def tune_tmp(smoke_run):
+    """The smoke DAG's work dir and tracking: prepare and train are cached there, so campaigns start at tune."""
+    return smoke_run["tmp"]
 
 
 def _run_until_tune(tmp: Path, campaign: str, *sets: str) -> Path:

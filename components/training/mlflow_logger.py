@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import time
 
-from components.plots import png_bytes
-
 
 class MlflowRunLogger:
     """Logs step metrics and PNGs to run `run_id` at `tracking_uri`; used by rank 0 only."""
@@ -25,6 +23,8 @@ class MlflowRunLogger:
     def log_png(self, image, artifact_file: str) -> None:
         import os
         import tempfile
+
+        from components.plots import png_bytes  # matplotlib and torch: only when an image is logged
 
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, os.path.basename(artifact_file))
