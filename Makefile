@@ -7,7 +7,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 CONFIG ?= configs/default.yaml
 
-.PHONY: venv run test test-fast bench clean
+.PHONY: venv run test test-fast bench quality clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,10 @@ test-fast: venv
 
 bench: venv
 	$(PY) bench/run.py
+
+# Recipes x step budgets on the long-tailed digits (about 15 min per recipe on 2 cores).
+quality: venv
+	$(PY) -m bench.quality
 
 clean:
 	rm -rf outputs mlruns mlartifacts mlflow.db ray_results
