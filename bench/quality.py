@@ -115,13 +115,28 @@ def main(recipes: list[str], budgets: list[int], out: Path, base_steps: int | No
     return result
 
 
+def markdown_table(result: dict) -> str:
+    """The README table: one line per recipe and budget."""
+    lines = ["| recipe | budget | FCD | ÷ real-vs-real | class KL | head / tail intra-class FCD | tail ÷ head |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['recipe']} | {r['budget']} ({r['steps']} steps) | {r['fcd']:.1f} | {r['fcd_ratio']:.1f}× "
+                     f"| {r['class_kl']:.4f} | {r['head_fcd']:.1f} / {r['tail_fcd']:.1f} | "
+                     f"{r['tail_head_fcd_ratio']:.2f} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated subset of {', '.join(RECIPES)}")
     parser.add_argument("--budgets", default="1,3", help="multiples of the default step budget to score")
     parser.add_argument("--base-steps", type=int, help="the 1x budget (default: configs/default.yaml train.steps)")
     parser.add_argument("--out", type=Path, default=RESULTS / "quality.json", help="result JSON")
+    parser.add_argument("--table", type=Path, help="print the markdown table of an existing result JSON and exit")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(args.table.read_text())))
+        sys.exit(0)
     unknown = set(args.recipes.split(",")) - set(RECIPES)
     if unknown:
         parser.error(f"--recipes: unknown {sorted(unknown)}; choose from {', '.join(RECIPES)}")
