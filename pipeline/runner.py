@@ -17,9 +17,6 @@ from pipeline.ray_edge import ensure_ray
 from pipeline.report import build_html
 from pipeline.tracking import setup_tracking
 
-by_name = STAGE_BY_NAME
-
-
 def store_root(cfg: PipelineConfig) -> str:
     """Root of stage outputs: the storage URI, or work_dir on this machine's (or a shared) disk."""
     return cfg.storage.uri or str(Path(cfg.work_dir).resolve())
@@ -47,12 +44,12 @@ def downstream_of(name: str) -> set[str]:
 
 def stage_names_upstream(name: str) -> set[str]:
     """Every stage `name` reads, directly or not."""
-    out, todo = set(), list(by_name[name].inputs)
+    out, todo = set(), list(STAGE_BY_NAME[name].inputs)
     while todo:
         up = todo.pop()
         if up not in out:
             out.add(up)
-            todo.extend(by_name[up].inputs)
+            todo.extend(STAGE_BY_NAME[up].inputs)
     return out
 
 
@@ -77,7 +74,7 @@ def plan(cfg: PipelineConfig, force: set[str] = frozenset()) -> list[tuple[str, 
 
 def dataset_digest(root: str, prepare_record: dict) -> str:
     """Content digest of the prepared data set (from its manifest)."""
-    uri = stage_uri(root, by_name["prepare"], prepare_record["fingerprint"])
+    uri = stage_uri(root, STAGE_BY_NAME["prepare"], prepare_record["fingerprint"])
     return json.loads(Location(join(uri, "data", "manifest.json")).read_text())["digest"]
 
 
@@ -150,7 +147,7 @@ def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), only: str |
                 if "prepare" in records:
                     lineage["dataset_digest"] = dataset_digest(root, records["prepare"])
                 job = {"cfg": cfg, "fingerprint": fp, "final_uri": final, "store_uri": root, "work_dir": stage_work,
-                       "input_uris": {u: stage_uri(root, by_name[u], records[u]["fingerprint"]) for u in stage.inputs},
+                       "input_uris": {u: stage_uri(root, STAGE_BY_NAME[u], records[u]["fingerprint"]) for u in stage.inputs},
                        "tracking_uri": tracking_uri, "parent_run_id": parent.info.run_id, "lineage": lineage,
                        "forced": stage.name in force, "resume": resume}
                 records[stage.name] = _run_stage(job, stage, as_tasks)
@@ -159,7 +156,7 @@ def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), only: str |
                     break
             mlflow.set_tag("dataset_digest", dataset_digest(root, records["prepare"]))
             mlflow.set_tags({f"stage_run.{k}": v["run_id"] for k, v in records.items()})
-            uris = {k: stage_uri(root, by_name[k], v["fingerprint"]) for k, v in records.items()}
+            uris = {k: stage_uri(root, STAGE_BY_NAME[k], v["fingerprint"]) for k, v in records.items()}
             if only is not None or until is not None:
                 return {"tracking_uri": tracking_uri, "parent_run_id": parent.info.run_id, "only": only,
                         "until": until, "stage_run_ids": {k: v["run_id"] for k, v in records.items()},

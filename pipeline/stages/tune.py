@@ -227,9 +227,9 @@ def run_campaign(ctx: StageContext, base: dict):
             tune_config=tune.TuneConfig(metric="stability_score", mode="min", num_samples=tc.num_samples,
                                         scheduler=build_scheduler(tc), search_alg=build_search_alg(tc),
                                         reuse_actors=True),  # PBT restores skip a new process (~6 s here)
-            # PBT clones other trials' earlier checkpoints, so it must keep them all.
             # Stop each trial at its last report before the scheduler sees it: PBT would otherwise clone a
             # donor into a trial that has finished, which restarts at the end, trains nothing, reports nothing.
+            # PBT clones other trials' earlier checkpoints, so it must keep them all.
             run_config=tune.RunConfig(name=name, storage_path=storage, storage_filesystem=fs, verbose=0,
                                       stop={"training_iteration": reports_per_trial(tc)},
                                       checkpoint_config=tune.CheckpointConfig(
