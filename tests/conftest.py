@@ -63,6 +63,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_http(url: str, seconds: float, why_not) -> None:
+    """Poll `url` until it answers; fail the test with why_not() if it does not within `seconds`."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(why_not())
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     """An MLflow tracking server on 127.0.0.1 started by infra/mlflow/start.sh (SQLite backend in tmp)."""
@@ -73,20 +85,12 @@ def mlflow_server(tmp_path):
                              env=env, capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip())
     uri = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("MLflow server did not start: " + (tmp_path / "mlflow.log").read_text()[-500:])
+        wait_for_http(f"{uri}/health", 120, lambda: "MLflow server did not start: "
+                      + (tmp_path / "mlflow.log").read_text()[-500:])
         yield uri
     finally:
         subprocess.run(["pkill", "-TERM", "-P", str(pid)], check=False)
         os.kill(pid, 15)
-
-
 
 
 @pytest.fixture(scope="session")
@@ -100,14 +104,8 @@ def s3_endpoint(tmp_path_factory):
     with open(log, "w") as out:
         proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out)
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail("moto server did not start: " + log.read_text()[-500:])
+        wait_for_http(f"http://127.0.0.1:{port}/moto-api/", 20, lambda: "moto server did not start: "
+                      + log.read_text()[-500:])
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()
