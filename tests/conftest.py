@@ -104,7 +104,7 @@ def s3_endpoint(tmp_path_factory):
     with open(log, "w") as out:
         proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out)
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/moto-api/", 20, lambda: "moto server did not start: "
+        wait_for_http(f"http://127.0.0.1:{port}/moto-api/", 60, lambda: "moto server did not start: "
                       + log.read_text()[-500:])
         yield f"127.0.0.1:{port}"
     finally:
