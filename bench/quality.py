@@ -16,6 +16,7 @@ Writes bench/results/quality.json (one row per recipe and budget, with the issue
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -37,6 +38,7 @@ from pipeline.stages.evaluate import evaluate_models  # noqa: E402
 from pipeline.stages.train import build_loop_config  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
+DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
 NO_REGULARISATION = ["model.d_norm=none", "loss.r1_gamma=0", "loss.lecam_lambda=0", "loss.diffaugment=[]",
                      "loss.instance_noise=0", "train.ema_decay=0"]
 RECIPES: dict[str, list[str]] = {
@@ -53,23 +55,26 @@ KEYS = ("fcd", "fcd_real_vs_real", "fcd_ratio", "class_kl", "classes_covered", "
         "kid", "precision", "recall", "diverged")
 
 
-def run_recipe(name: str, overrides: list[str], budgets: list[int], base_steps: int, work: Path) -> list[dict]:
-    cfg = load_config(REPO / "configs" / "default.yaml", [*overrides, f"train.steps={max(budgets) * base_steps}"])
+def run_recipe(name: str, overrides: list[str], budgets: list[int], base_steps: int, work: Path,
+               config: Path = DEFAULT_CONFIG, device: torch.device = torch.device("cpu")) -> list[dict]:
+    cfg = load_config(config, [*overrides, f"train.steps={max(budgets) * base_steps}"])
     data_dir = work / f"data-{cfg.data.rebalance}"
     if not (data_dir / "manifest.json").exists():
         prepare_dataset(cfg.data, data_dir)
     loop_config = build_loop_config(cfg, data_dir, train_overrides={"num_workers": 1})
     torch.manual_seed(cfg.train.seed)
-    state, train_cfg, loss = build_worker_state(loop_config, rank=0, world=1)
+    state, train_cfg, loss = build_worker_state(loop_config, rank=0, world=1, wrap=lambda m: m.to(device),
+                                                device=device)
     rows, t0 = [], time.perf_counter()
     for budget in sorted(budgets):
         train_steps(state, loss, train_cfg, budget * base_steps)
         print(f"quality bench: {name} at {budget}x ({state.step} steps, {time.perf_counter() - t0:.0f}s)", flush=True)
         out = work / f"{name}-{budget}x"
         out.mkdir(parents=True, exist_ok=True)
-        result = evaluate_models(state.G_ema, state.D.eval(), data_dir, cfg.evaluate, work / "cache", out,
+        # The evaluate stage scores on the CPU; fp32 copies leave the training state untouched.
+        G_eval, D_eval = (copy.deepcopy(m).float().cpu().eval() for m in (state.G_ema, state.D))
+        result = evaluate_models(G_eval, D_eval, data_dir, cfg.evaluate, work / "cache", out,
                                  {"diverged": float(state.diverged), "train_steps": state.step})
-        state.D.train()
         rows.append({"recipe": name, "budget": f"{budget}x", "steps": state.step, "overrides": overrides,
                      "train_seconds": round(time.perf_counter() - t0, 1),
                      **{k: result.get(k) for k in KEYS}})
@@ -94,17 +99,32 @@ def verdicts(rows: list[dict]) -> dict:
     return out
 
 
-def main(recipes: list[str], budgets: list[int], out: Path, base_steps: int | None = None) -> dict:
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    base = base_steps or load_config(REPO / "configs" / "default.yaml").train.steps
+def machine(device: torch.device) -> dict:
+    info = {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+            "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def main(recipes: list[str], budgets: list[int], out: Path, base_steps: int | None = None,
+         config: Path = DEFAULT_CONFIG, extra: list[str] = (), device: str = "cpu", threads: int = 2,
+         time_budget_s: float | None = None) -> dict:
+    torch.set_num_threads(min(threads, os.cpu_count() or 1))
+    dev = torch.device(device)
+    base = base_steps or load_config(config, list(extra)).train.steps
     rows: list[dict] = []
     out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for name in recipes:
-            rows += run_recipe(name, RECIPES[name], budgets, base, Path(tmp))
-            result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                  "torch": torch.__version__},
-                      "base_steps": base, "targets": TARGETS, "rows": rows, "verdicts": verdicts(rows),
+            if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
+                print(f"quality bench: time budget {time_budget_s:.0f}s spent; {name} not run", flush=True)
+                continue
+            rows += run_recipe(name, [*extra, *RECIPES[name]], budgets, base, Path(tmp), config, dev)
+            result = {"machine": machine(dev), "config": str(config),
+                      "overrides": list(extra), "base_steps": base, "targets": TARGETS, "rows": rows,
+                      "verdicts": verdicts(rows),
                       "recipes_done": list(dict.fromkeys(r["recipe"] for r in rows)), "recipes_asked": recipes}
             out.write_text(json.dumps(result, indent=2))  # after every recipe: a long run keeps what it has
     for r in rows:
@@ -132,6 +152,12 @@ if __name__ == "__main__":
     parser.add_argument("--budgets", default="1,3", help="multiples of the default step budget to score")
     parser.add_argument("--base-steps", type=int, help="the 1x budget (default: configs/default.yaml train.steps)")
     parser.add_argument("--out", type=Path, default=RESULTS / "quality.json", help="result JSON")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="base config the recipes override")
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="override applied to every recipe (before the recipe's own)")
+    parser.add_argument("--device", default="cpu", help="torch device to train on: cpu, cuda (scoring is on the CPU)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--time-budget-s", type=float, help="start no further recipe after this many seconds")
     parser.add_argument("--table", type=Path, help="print the markdown table of an existing result JSON and exit")
     args = parser.parse_args()
     if args.table:
@@ -140,4 +166,5 @@ if __name__ == "__main__":
     unknown = set(args.recipes.split(",")) - set(RECIPES)
     if unknown:
         parser.error(f"--recipes: unknown {sorted(unknown)}; choose from {', '.join(RECIPES)}")
-    main(args.recipes.split(","), [int(b) for b in args.budgets.split(",")], args.out, args.base_steps)
+    main(args.recipes.split(","), [int(b) for b in args.budgets.split(",")], args.out, args.base_steps,
+         args.config, args.extra, args.device, args.threads, args.time_budget_s)

@@ -11,8 +11,9 @@ from components.config_base import Section
 class DataConfig(Section):
     """How to turn an image source into validated Parquet shards, and how to read them back."""
 
-    source: Literal["digits", "image_folder", "parquet", "cifar", "mnist_idx"] = Field(
-        "digits", description="Image source; `digits` is sklearn's bundled set.")
+    source: Literal["digits", "color_digits", "image_folder", "parquet", "cifar", "mnist_idx"] = Field(
+        "digits", description="Image source; `digits` is sklearn's bundled set, `color_digits` the same glyphs "
+                              "in random colours (needs channels: 3).")
     path: str | None = Field(None, description="Local path of the source, for file-based sources.")
     image_column: str = Field("image", description="Parquet column with encoded bytes or a uint8 array.")
     label_column: str = Field("label", description="Parquet column with integer labels.")
@@ -39,4 +40,10 @@ class DataConfig(Section):
     def _fractions_leave_training_data(self) -> "DataConfig":
         if self.val_fraction + self.test_fraction >= 0.8:
             raise ValueError("val_fraction: val_fraction + test_fraction must be < 0.8 to leave training data")
+        return self
+
+    @model_validator(mode="after")
+    def _rgb_source_has_three_channels(self) -> "DataConfig":
+        if self.source == "color_digits" and self.channels != 3:
+            raise ValueError("channels: source color_digits is RGB; set data.channels: 3 (or use source digits)")
         return self

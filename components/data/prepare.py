@@ -9,10 +9,10 @@ from components.data.balance import class_statistics, longtail_indices, stratifi
 from components.data.config import DataConfig
 from components.data.shards import write_dataset
 from components.data.array_sources import load_cifar, load_mnist_idx, load_parquet
-from components.data.sources import finish, load_digits_source, load_image_folder
+from components.data.sources import finish, load_color_digits_source, load_digits_source, load_image_folder
 from components.errors import UserError
 
-SOURCES = {"digits": load_digits_source, "image_folder": load_image_folder, "parquet": load_parquet,
+SOURCES = {"digits": load_digits_source, "color_digits": load_color_digits_source, "image_folder": load_image_folder, "parquet": load_parquet,
            "cifar": load_cifar, "mnist_idx": load_mnist_idx}
 
 

@@ -65,7 +65,9 @@ def _mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
     if _world() == 1:
         return values
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    # NCCL reduces device tensors only; gloo reduces host tensors.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return dict(zip(keys, (t / _world()).tolist()))
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import torch
 
@@ -58,6 +57,8 @@ def load_heldout(data_dir: Path, manifest: dict) -> SplitTensors:
 
 
 def run(ctx: StageContext) -> dict:
+    import mlflow  # here, not at the top: the helpers above also run where MLflow is absent (bench/)
+
     ckpt = load_checkpoint(ctx.input("tune") / "candidate")
     G, D, _ = models_from_checkpoint(ckpt)
     result = evaluate_models(G, D, ctx.input("prepare") / "data", ctx.cfg.evaluate, ctx.work_dir / "cache",

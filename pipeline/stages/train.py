@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import mlflow
 
 from components.errors import UserError
 from components.plots import line_chart
@@ -65,6 +64,8 @@ def fit_and_collect(ctx: StageContext, config: dict, run_name: str, out_dir: Pat
 
 
 def run(ctx: StageContext) -> dict:
+    import mlflow  # here, not at the top: the helpers above also run where MLflow is absent (bench/)
+
     config = loop_config(ctx, ctx.input_uri("prepare", "data"))
     metrics = fit_and_collect(ctx, config, f"{ctx.cfg.name}-train-{ctx.fingerprint[:12]}", ctx.out_dir)
     ckpt = load_checkpoint(ctx.out_dir / CHECKPOINT_FILE)
