@@ -26,3 +26,22 @@ def test_recipes_are_valid_config_overrides():
         cfg = load_config(REPO / "configs" / "default.yaml", overrides)
         assert name != "naive" or (cfg.data.rebalance == "none" and cfg.model.d_norm == "none")
         assert name != "full" or (cfg.loss.r1_gamma > 0 and cfg.loss.diffaugment and cfg.train.ema_decay > 0)
+
+
+def test_a_recipe_runs_on_another_config_and_scores_each_budget(tmp_path):
+    """--config / --set reach every recipe; 1x and 2x come from one run; the JSON says what was run."""
+    import json
+
+    from bench.quality import main
+    from tests.conftest import REPO
+
+    out = tmp_path / "q.json"
+    result = main(["naive"], [1, 2], out, base_steps=3, config=REPO / "configs" / "smoke.yaml",
+                  extra=["evaluate.classifier_steps=20", "evaluate.robustness_eps=[0.05]", "evaluate.pgd_steps=1"])
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == result["rows"] and saved["config"].endswith("smoke.yaml")
+    assert [(r["budget"], r["steps"]) for r in saved["rows"]] == [("1x", 3), ("2x", 6)]
+    assert saved["overrides"][0] == "evaluate.classifier_steps=20" and saved["machine"]["device"] == "cpu"
+    assert all(r["fcd"] > 0 and r["fcd_real_vs_real"] > 0 for r in saved["rows"])
+    assert set(saved["verdicts"]["naive"]) == {"fcd_ratio_at_1x_ok", "class_kl_at_1x_ok", "tail_head_fcd_at_1x_ok",
+                                              "stable_3x_vs_1x_ok"}

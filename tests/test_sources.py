@@ -200,3 +200,36 @@ def test_cli_bad_data_exits_2_with_one_line_and_no_output(tmp_path, capsys):
     assert code == 2
     assert len(err) == 1 and "empty.png: zero-byte file" in err[0]
     assert not list((tmp_path / "w" / "stages").rglob("manifest.json"))  # nothing half-written
+
+
+def test_color_digits_are_rgb_glyphs_on_a_contrasting_background(tmp_path):
+    manifest = prepare(tmp_path, source="color_digits", channels=3, resolution=32)
+    assert manifest["num_classes"] == 10 and manifest["num_images"] == 1797
+    from components.data.reader import load_split
+
+    train = load_split(tmp_path / "out", "train")
+    x = train.images_u8.numpy().astype(np.float32)  # (N, 3, 32, 32)
+    assert x.shape[1:] == (3, 32, 32)
+    # Colour, not grey copied three times: the channels differ.
+    assert np.abs(x[:, 0] - x[:, 1]).mean() > 10
+    # Each image has a bright glyph on a dark background.
+    brightness = x.max(axis=1).reshape(len(x), -1)
+    assert (np.percentile(brightness, 95, axis=1) - np.percentile(brightness, 5, axis=1) > 80).mean() > 0.95
+    # Hues vary between images (not one palette per class).
+    means = x.mean(axis=(2, 3))
+    assert means.std(axis=0).min() > 5
+
+
+def test_color_digits_are_reproducible_from_the_seed(tmp_path):
+    a = prepare_dataset(cfg(source="color_digits", channels=3, seed=3), tmp_path / "a")
+    b = prepare_dataset(cfg(source="color_digits", channels=3, seed=3), tmp_path / "b")
+    c = prepare_dataset(cfg(source="color_digits", channels=3, seed=4), tmp_path / "c")
+    assert a["digest"] == b["digest"] != c["digest"]
+
+
+def test_color_digits_need_three_channels(capsys):
+    code = main(["run", "--config", str(REPO / "configs" / "smoke.yaml"), "--dry-run",
+                 "--set", "data.source=color_digits"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "data.channels" in err and "color_digits" in err
