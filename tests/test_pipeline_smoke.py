@@ -1,4 +1,6 @@
 """The whole DAG on configs/smoke.yaml with real Ray Train, Ray Tune and MLflow (SQLite in a temp dir)."""
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -38,8 +40,10 @@ def test_tune_trials_are_child_runs_of_the_tune_run(smoke_run):
     tune_id = s["stage_run_ids"]["tune"]
     trials = client.search_runs([client.get_run(tune_id).info.experiment_id],
                                 filter_string=f"tags.mlflow.parentRunId = '{tune_id}'")
-    assert len(trials) >= 4
-    assert all("train.lr_g" in t.data.params for t in trials)
+    results = pd.read_csv(Path(s["stage_uris"]["tune"]) / "results.csv")  # local storage: URIs are paths
+    names = [t.info.run_name for t in trials]
+    assert len(results) >= 4 and sorted(names) == sorted(f"trial-{i}" for i in results["trial"])  # one run each
+    assert all("train.lr_g" in t.data.params and t.data.tags["status"] == "finished" for t in trials)
 
 
 def test_model_is_registered_as_challenger_and_loads(smoke_run):

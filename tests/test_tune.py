@@ -25,6 +25,19 @@ def _tune_cli(tmp: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "pipeline", "tune", "--config", "configs/smoke.yaml", *args, *sets]
 
 
+def _trial_runs(tracking_uri: str) -> dict[str, list[str]]:
+    """Trial child runs by parent (tune stage) run id: their run names."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string="attributes.run_name LIKE 'trial-%'")
+    by_parent: dict[str, list[str]] = {}
+    for r in runs:
+        by_parent.setdefault(r.data.tags["mlflow.parentRunId"], []).append(r.info.run_name)
+    return by_parent
+
+
 def _result_lines(trial_dir: Path) -> list[dict]:
     path = trial_dir / "result.json"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
@@ -64,6 +77,10 @@ def test_known_bad_settings_lose_and_an_interrupted_campaign_resumes(tmp_path):
     good_score, full_steps = results.loc[good, "score"].min(), results["steps"].max()
     for _, row in results[~good].iterrows():  # each bad trial diverged, was stopped early, or scored worse
         assert row["diverged"] == 1 or row["steps"] < full_steps or row["score"] > good_score, row
+    # One MLflow child run per trial, all under the resumed tune run: none from the interrupted attempt,
+    # none doubled by the restore.
+    runs = _trial_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(runs) == 1 and sorted(next(iter(runs.values()))) == sorted(f"trial-{t}" for t in results["trial"])
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +89,15 @@ def tune_tmp(smoke_run):
     return smoke_run["tmp"]
 
 
-def _run_until_tune(tmp: Path, campaign: str, *sets: str) -> Path:
+def _run_until_tune(tmp: Path, campaign: str, *sets: str) -> tuple[Path, dict]:
+    """The tune stage's output dir and the run summary."""
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
 
     cfg = load_config(REPO / "configs" / "smoke.yaml",
                       smoke_overrides(tmp) + [f"tune.campaign=configs/tune/{campaign}.yaml", *sets])
-    return Path(run_pipeline(cfg, until="tune")["stage_dirs"]["tune"])
+    summary = run_pipeline(cfg, until="tune")
+    return Path(summary["stage_dirs"]["tune"]), summary
 
 
 def _experiment(tmp: Path, stage_dir: Path) -> Path:
@@ -87,7 +106,7 @@ def _experiment(tmp: Path, stage_dir: Path) -> Path:
 
 
 def test_pbt_trials_train_with_their_mutated_values(ray_cluster, tune_tmp):
-    out = _run_until_tune(tune_tmp, "pbt", "tune.steps=16", "tune.report_every=4", "tune.pbt_interval=1")
+    out, summary = _run_until_tune(tune_tmp, "pbt", "tune.steps=16", "tune.report_every=4", "tune.pbt_interval=1")
     experiment = _experiment(tune_tmp, out)
     trial_dirs = [d for d in experiment.iterdir() if d.is_dir()]
     reports = [line for d in trial_dirs for line in _result_lines(d)]
@@ -103,10 +122,13 @@ def test_pbt_trials_train_with_their_mutated_values(ray_cluster, tune_tmp):
         receiver = next(d for d in trial_dirs if trial_id in d.name)
         seen = [r["config"] for r in _result_lines(receiver)]
         assert json.loads(policy.read_text().splitlines()[-1])[-1] in seen  # the latest exploit
+    # Exploited trials restart from a donor checkpoint, yet each trial is still exactly one MLflow child run.
+    names = _trial_runs(summary["tracking_uri"])[summary["stage_run_ids"]["tune"]]
+    assert len(names) == len(set(names)) == len(trial_dirs)
 
 
 def test_multi_worker_trials_run_a_torch_trainer(ray_cluster, tune_tmp):
-    out = _run_until_tune(tune_tmp, "multi-worker", "tune.steps=20", "tune.report_every=10",
+    out, _ = _run_until_tune(tune_tmp, "multi-worker", "tune.steps=20", "tune.report_every=10",
                           'tune.search_space={"train.lr_g": {type: grid, values: [0.0002]}}')
     trial_dir = next(d for d in _experiment(tune_tmp, out).iterdir() if d.is_dir())
     last = _result_lines(trial_dir)[-1]
