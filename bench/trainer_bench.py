@@ -99,15 +99,41 @@ def run_ddp(data_dir: Path, tmp: Path, world: int = 2) -> dict:
     return summarise("torch_ddp", world, time.perf_counter() - t0, json.loads(out.read_text()))
 
 
+def timed_train_loop(config: dict) -> None:
+    """train_loop_per_worker, with rank 0's entry and exit wall-clock times appended to a timeline file."""
+    import ray.train
+
+    from components.training.ray_train import train_loop_per_worker
+
+    rank0 = ray.train.get_context().get_world_rank() == 0
+    entered = time.time()
+    train_loop_per_worker(config)
+    if rank0:
+        Path(config["timeline_file"]).write_text(json.dumps({"entered": entered, "left": time.time()}))
+
+
 def run_ray_train(data_dir: Path, tmp: Path, workers: int) -> dict:
+    config = {**loop_config(data_dir, workers), "timeline_file": str(tmp / f"timeline-{workers}w.json")}
+    called = time.time()
     t0 = time.perf_counter()
-    result = run_torch_trainer(loop_config(data_dir, workers), tmp / "ray_results", f"bench-{workers}w")
+    result = run_torch_trainer(config, tmp / "ray_results", f"bench-{workers}w", loop_fn=timed_train_loop)
     if result.error is not None:
         raise RuntimeError(f"ray train failed: {result.error}")
     wall = time.perf_counter() - t0
+    returned = time.time()
     with result.checkpoint.as_directory() as d:
         trace = load_checkpoint(d)["trace"]
-    return summarise("ray_train", workers, wall, trace["step_time_s"].tolist())
+    row = summarise("ray_train", workers, wall, trace["step_time_s"].tolist())
+    # Where the fixed cost goes: Ray Train's launch (controller, placement group, worker processes, process
+    # group) before rank 0 enters the loop; inside the loop beyond the steady steps (data, model, warm-up
+    # steps, checkpoint); and the shutdown after rank 0 leaves it.
+    timeline = json.loads(Path(config["timeline_file"]).read_text())
+    in_loop = timeline["left"] - timeline["entered"]
+    row["startup_breakdown_s"] = {
+        "launch_until_loop": round(timeline["entered"] - called, 2),
+        "in_loop_beyond_steady_steps": round(in_loop - STEPS * row["ms_per_step"] / 1000, 2),
+        "after_loop_until_fit_returns": round(returned - timeline["left"], 2)}
+    return row
 
 
 def main(modes: tuple[str, ...] = ("bare", "torch_ddp", "ray_train_1", "ray_train_2"),

@@ -151,11 +151,13 @@ def progress_line(what: str, step: int, total: int, batch: int, m: dict[str, flo
             f"{m['images_per_s']:.0f} img/s  ETA {eta_s:.0f}s")
 
 
-def run_torch_trainer(loop_config: dict, storage: Path | str, run_name: str, callbacks: list | None = None):
-    """Launch `train_loop_per_worker` on a TorchTrainer; returns the Ray Train Result.
+def run_torch_trainer(loop_config: dict, storage: Path | str, run_name: str, callbacks: list | None = None,
+                      loop_fn=train_loop_per_worker):
+    """Launch `loop_fn` (default `train_loop_per_worker`) on a TorchTrainer; returns the Ray Train Result.
 
     storage: a local path or a storage URI (s3://...), where Ray Train keeps checkpoints.
-    callbacks: Ray Train callbacks, e.g. Tune's TuneReportCallback when a tune trial launches it."""
+    callbacks: Ray Train callbacks, e.g. Tune's TuneReportCallback when a tune trial launches it.
+    loop_fn: a wrapper of train_loop_per_worker (the trainer benchmark times the worker side with one)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -164,7 +166,7 @@ def run_torch_trainer(loop_config: dict, storage: Path | str, run_name: str, cal
     storage_path, storage_fs = ray_storage_args(storage)
     datasets = {"train": ray_dataset(loop_config["data_dir"], "train")} if loop_config.get("reader") == "ray_data" else None
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        loop_fn,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend=backend),
         datasets=datasets,
