@@ -50,7 +50,8 @@ RECIPES: dict[str, list[str]] = {
 }
 TARGETS = {"fcd_ratio_max": 5.0, "class_kl_max": 0.02, "tail_head_fcd_ratio_max": 1.5,
            "fcd_at_3x_no_worse_than_1x": True}
-KEYS = ("fcd", "fcd_real_vs_real", "fcd_ratio", "class_kl", "classes_covered", "recall_mean",
+KEYS = ("fcd", "fcd_real_vs_real", "fcd_ratio", "fcd_uniform_floor", "fcd_uniform_floor_ratio", "fcd_class_matched",
+        "fcd_class_matched_ratio", "class_kl", "classes_covered", "recall_mean",
         "head_recall", "tail_recall", "head_fcd", "tail_fcd", "tail_head_fcd_ratio",
         "kid", "precision", "recall", "diverged")
 
@@ -95,6 +96,9 @@ def verdicts(rows: list[dict]) -> dict:
             "tail_head_fcd_at_1x_ok": None if one is None else
             one["tail_head_fcd_ratio"] <= TARGETS["tail_head_fcd_ratio_max"],
             "stable_3x_vs_1x_ok": None if one is None or three is None else three["fcd"] <= one["fcd"],
+            # Not the issue's metric: the same 5x bound on the class-matched FCD (see evaluate_models).
+            "class_matched_fcd_ratio_at_1x_ok": None if one is None or one.get("fcd_class_matched_ratio") is None
+            else one["fcd_class_matched_ratio"] <= TARGETS["fcd_ratio_max"],
         }
     return out
 
@@ -129,7 +133,8 @@ def main(recipes: list[str], budgets: list[int], out: Path, base_steps: int | No
             out.write_text(json.dumps(result, indent=2))  # after every recipe: a long run keeps what it has
     for r in rows:
         print(f"  {r['recipe']:<9} {r['budget']:<3} FCD {r['fcd']:.1f} ({r['fcd_ratio']:.1f}x real-vs-real "
-              f"{r['fcd_real_vs_real']:.1f})  KL {r['class_kl']:.4f}  head/tail FCD {r['head_fcd']:.1f}/"
+              f"{r['fcd_real_vs_real']:.1f}; uniform floor {r['fcd_uniform_floor_ratio']:.1f}x; class-matched "
+              f"{r['fcd_class_matched_ratio']:.1f}x)  KL {r['class_kl']:.4f}  head/tail FCD {r['head_fcd']:.1f}/"
               f"{r['tail_fcd']:.1f}  diverged {r['diverged']:.0f}", flush=True)
     print(json.dumps(result["verdicts"], indent=2))
     return result
@@ -137,11 +142,14 @@ def main(recipes: list[str], budgets: list[int], out: Path, base_steps: int | No
 
 def markdown_table(result: dict) -> str:
     """The README table: one line per recipe and budget."""
-    lines = ["| recipe | budget | FCD | ÷ real-vs-real | class KL | head / tail intra-class FCD | tail ÷ head |",
-             "|---|---|---|---|---|---|---|"]
+    matched = all(r.get("fcd_class_matched") is not None for r in result["rows"])  # older results lack it
+    lines = ["| recipe | budget | FCD | ÷ real-vs-real | " + ("class-matched FCD (÷ real-vs-real) | " if matched else "")
+             + "class KL | head / tail intra-class FCD | tail ÷ head |",
+             "|---|---|---|---|" + ("---|" if matched else "") + "---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['recipe']} | {r['budget']} ({r['steps']} steps) | {r['fcd']:.1f} | {r['fcd_ratio']:.1f}× "
-                     f"| {r['class_kl']:.4f} | {r['head_fcd']:.1f} / {r['tail_fcd']:.1f} | "
+        lines.append(f"| {r['recipe']} | {r['budget']} ({r['steps']} steps) | {r['fcd']:.1f} | {r['fcd_ratio']:.1f}× | "
+                     + (f"{r['fcd_class_matched']:.1f} ({r['fcd_class_matched_ratio']:.1f}×) | " if matched else "")
+                     + f"{r['class_kl']:.4f} | {r['head_fcd']:.1f} / {r['tail_fcd']:.1f} | "
                      f"{r['tail_head_fcd_ratio']:.2f} |")
     return "\n".join(lines)
 

@@ -128,3 +128,42 @@ def test_intra_class_fd_and_head_tail_gap():
     assert out["fcd_class_0"] == pytest.approx(0.0, abs=1e-6) and out["fcd_class_2"] == pytest.approx(16.0, rel=1e-6)
     gap = QUALITY_METRICS["head_tail_gap"](out, "fcd", head=[0], tail=[2])
     assert gap["tail_fcd"] - gap["head_fcd"] == pytest.approx(16.0, rel=1e-6) == gap["tail_head_fcd_gap"]
+
+
+def test_class_reweighted_frechet_removes_the_class_mixture_term():
+    rng = np.random.default_rng(1)
+    centres = np.array([[0.0, 0.0, 0.0], [6.0, 0.0, 0.0], [0.0, 6.0, 0.0]])
+    long_tail = np.repeat([0, 1, 2], [600, 120, 30])  # the reference: a long-tailed mixture
+    uniform = np.repeat([0, 1, 2], 400)                 # a perfect class-uniform generator's samples
+    real = centres[long_tail] + rng.normal(size=(len(long_tail), 3))
+    fake = centres[uniform] + rng.normal(size=(len(uniform), 3))
+    fd = QUALITY_METRICS["frechet_distance"]
+    reweighted = QUALITY_METRICS["class_reweighted_frechet_distance"]
+    plain = fd(fake, real)["fd"]
+    matched = reweighted(fake, uniform, np.bincount(long_tail) / len(long_tail), real)["fd"]
+    assert plain > 5.0 and matched < 0.3  # same classes, other mixture: only the plain FD sees a gap
+    # Target = the sample's own class shares: unit weights, the plain Fréchet distance.
+    half = rng.permutation(len(long_tail))[:375]
+    own = np.bincount(long_tail[half], minlength=3) / len(half)
+    assert reweighted(real[half], long_tail[half], own, real)["fd"] == pytest.approx(fd(real[half], real)["fd"],
+                                                                                      rel=1e-6)
+    # A generator that gets one class wrong still shows it after re-weighting.
+    shifted = fake.copy()
+    shifted[uniform == 2] += 3.0
+    assert reweighted(shifted, uniform, own, real)["fd"] > matched + 0.2
+
+
+def test_class_reweighted_frechet_of_a_long_tail_to_uniform_matches_a_weighted_gaussian():
+    rng = np.random.default_rng(2)
+    labels = np.repeat([0, 1], [300, 100])
+    a = rng.normal(size=(400, 3)) + labels[:, None] * 2.0
+    b = rng.normal(size=(500, 3))
+    w = np.where(labels == 0, 0.5 / 300, 0.5 / 100)
+    mu = w @ a
+    cov = (w[:, None] * (a - mu)).T @ (a - mu) / (1 - (w ** 2).sum())
+    from scipy import linalg
+
+    s_b = np.cov(b, rowvar=False)
+    expected = ((mu - b.mean(0)) ** 2).sum() + np.trace(cov + s_b - 2 * linalg.sqrtm(cov @ s_b).real)
+    got = QUALITY_METRICS["class_reweighted_frechet_distance"](a, labels, np.array([0.5, 0.5]), b)["fd"]
+    assert got == pytest.approx(expected, rel=1e-6)

@@ -4,7 +4,7 @@ from bench.quality import RECIPES, TARGETS, verdicts
 
 def row(recipe, budget, fcd, ratio, kl, tail_head):
     return {"recipe": recipe, "budget": budget, "fcd": fcd, "fcd_ratio": ratio, "class_kl": kl,
-            "tail_head_fcd_ratio": tail_head}
+            "tail_head_fcd_ratio": tail_head, "fcd_class_matched_ratio": ratio}
 
 
 def test_verdicts_follow_the_targets():
@@ -44,4 +44,5 @@ def test_a_recipe_runs_on_another_config_and_scores_each_budget(tmp_path):
     assert saved["overrides"][0] == "evaluate.classifier_steps=20" and saved["machine"]["device"] == "cpu"
     assert all(r["fcd"] > 0 and r["fcd_real_vs_real"] > 0 for r in saved["rows"])
     assert set(saved["verdicts"]["naive"]) == {"fcd_ratio_at_1x_ok", "class_kl_at_1x_ok", "tail_head_fcd_at_1x_ok",
-                                              "stable_3x_vs_1x_ok"}
+                                              "stable_3x_vs_1x_ok", "class_matched_fcd_ratio_at_1x_ok"}
+    assert all(r["fcd_uniform_floor"] > 0 and r["fcd_class_matched"] > 0 for r in saved["rows"])

@@ -34,6 +34,28 @@ def trace_sqrt_cov_product(centred_a: np.ndarray, centred_b: np.ndarray) -> floa
     return float(np.linalg.svd(centred_a @ centred_b.T, compute_uv=False).sum() / np.sqrt((n - 1) * (m - 1)))
 
 
+def class_reweighted_frechet_distance(feats_a: np.ndarray, labels_a: np.ndarray, target_probs: np.ndarray,
+                                      feats_b: np.ndarray) -> dict[str, float]:
+    """Fréchet distance between feats_a, re-weighted so that its classes follow target_probs, and feats_b.
+
+    Why: a Fréchet distance also measures the class mixture. Class-uniform samples scored against a
+    long-tailed reference are far from it even if every class were perfect; weighting each sample of class c
+    by target_c / count_c compares like with like. The weighted covariance is A^T A with rows
+    sqrt(w_i / (1 - sum w^2)) (x_i - mu_w), so the trace term is a nuclear norm as in trace_sqrt_cov_product.
+    Classes that feats_a lacks get no mass (the remaining target shares are renormalised)."""
+    target = np.asarray(target_probs, np.float64)
+    counts = np.bincount(labels_a, minlength=len(target)).astype(np.float64)
+    w = target[labels_a] / counts[labels_a]
+    w = w / w.sum()
+    mu_a = w @ feats_a
+    rows_a = np.sqrt(w / (1.0 - (w ** 2).sum()))[:, None] * (feats_a - mu_a)
+    mu_b = feats_b.mean(0)
+    rows_b = (feats_b - mu_b) / np.sqrt(len(feats_b) - 1)
+    tr_covmean = float(np.linalg.svd(rows_a @ rows_b.T, compute_uv=False).sum())
+    fd = float(((mu_a - mu_b) ** 2).sum() + (rows_a ** 2).sum() + (rows_b ** 2).sum() - 2 * tr_covmean)
+    return {"fd": max(fd, 0.0)}
+
+
 def class_histogram(pred_labels: np.ndarray, num_classes: int, target: np.ndarray | None = None) -> dict[str, float]:
     """Generated class shares, KL(generated || target), and the classes covered: generated share at least a
     quarter of the target share (count and fraction)."""
@@ -121,6 +143,7 @@ def head_tail_gap(per_class: dict[str, float], metric: str, head: list[int], tai
 
 QUALITY_METRICS = {
     "frechet_distance": frechet_distance,
+    "class_reweighted_frechet_distance": class_reweighted_frechet_distance,
     "kernel_inception_distance": kernel_inception_distance,
     "precision_recall_density_coverage": precision_recall_density_coverage,
     "class_histogram": class_histogram,
