@@ -4,6 +4,10 @@ from __future__ import annotations
 import os
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# Ray Train's controller polls its workers every 2 s by default, and a run's last report and its end each
+# wait for a poll: 0.5 s cut the trainer benchmark's shutdown from 3.9 s to 1.0 s. Ray Train passes the
+# variable on to its controller; a value already in the environment wins.
+TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
 def keep_ray_on_loopback() -> None:
@@ -15,6 +19,8 @@ def keep_ray_on_loopback() -> None:
 def ensure_ray(address: str | None, num_cpus: int | None) -> bool:
     """Initialise Ray once; returns True if this call started a local cluster (the caller shuts it down)."""
     keep_ray_on_loopback()
+    for key, value in TRAIN_ENV.items():
+        os.environ.setdefault(key, value)
     import ray
 
     if ray.is_initialized():

@@ -42,3 +42,16 @@ def test_use_gpu_without_gpus_is_a_one_line_user_error(ray_cluster):
     with pytest.raises(UserError, match=r"train.use_gpu is true but the Ray cluster has 0 GPU\(s\) for 2"):
         check_gpu_request(use_gpu=True, num_workers=2)
     check_gpu_request(use_gpu=False, num_workers=2)  # CPU training needs no GPU
+
+
+def test_ray_train_controller_polls_often_unless_the_user_says_otherwise(ray_cluster, monkeypatch):
+    import os
+
+    from pipeline.ray_edge import ensure_ray
+
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    assert ensure_ray(None, 2) is False  # the session's Ray is reused
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.5"
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")
+    ensure_ray(None, 2)
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
