@@ -12,8 +12,8 @@ from components.data.array_sources import load_cifar, load_mnist_idx, load_parqu
 from components.data.sources import finish, load_color_digits_source, load_digits_source, load_image_folder
 from components.errors import UserError
 
-SOURCES = {"digits": load_digits_source, "color_digits": load_color_digits_source, "image_folder": load_image_folder, "parquet": load_parquet,
-           "cifar": load_cifar, "mnist_idx": load_mnist_idx}
+SOURCES = {"digits": load_digits_source, "color_digits": load_color_digits_source, "image_folder": load_image_folder,
+           "parquet": load_parquet, "cifar": load_cifar, "mnist_idx": load_mnist_idx}
 
 
 def prepare_dataset(cfg: DataConfig, out_dir: Path) -> dict:
