@@ -44,14 +44,32 @@ def test_use_gpu_without_gpus_is_a_one_line_user_error(ray_cluster):
     check_gpu_request(use_gpu=False, num_workers=2)  # CPU training needs no GPU
 
 
-def test_ray_train_controller_polls_often_unless_the_user_says_otherwise(ray_cluster, monkeypatch):
+def test_ray_train_env_defaults_unless_the_user_says_otherwise(ray_cluster, monkeypatch):
     import os
 
     from pipeline.ray_edge import ensure_ray
 
     monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    monkeypatch.delenv("RAY_TRAIN_ENABLE_PRINT_PATCH", raising=False)
     assert ensure_ray(None, 2) is False  # the session's Ray is reused
     assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.5"
+    assert os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"  # worker prints reach the log once, not twice
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")
     ensure_ray(None, 2)
     assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
+
+
+def test_ray_trains_per_report_info_lines_are_quietened():
+    import logging
+
+    from ray.train.v2._internal.execution import context as train_context
+
+    from components.training.ray_train import quiet_report_logging
+
+    logger = logging.getLogger(train_context.__file__)  # the name Ray Train 2.60 logs each report under
+    level = logger.level
+    try:
+        quiet_report_logging()
+        assert not logger.isEnabledFor(logging.INFO) and logger.isEnabledFor(logging.WARNING)
+    finally:
+        logger.setLevel(level)

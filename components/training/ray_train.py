@@ -1,6 +1,7 @@
 """The Ray Train edge: `train_loop_per_worker` wraps the pure loop in DDP, reports and checkpoints."""
 from __future__ import annotations
 
+import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -44,6 +45,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     # Single-input-channel convs give grads with other (equivalent) strides than DDP's buckets: harmless.
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    quiet_report_logging()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(loop_config["train"].get("threads_per_worker", 1))
@@ -112,6 +114,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
     train_steps(state, loss, cfg, cfg.steps, on_report)
+
+
+def quiet_report_logging() -> None:
+    """Ray Train 2.60 logs every `report` at INFO through a logger named after its file path, so neither
+    `ray.train`'s level nor LoggingConfig reaches it; our own progress lines already say what a report holds."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray layout: nothing to quieten
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
 def gather_from_ranks(value, world: int) -> list:
