@@ -100,7 +100,7 @@ def run_ddp(data_dir: Path, tmp: Path, world: int = 2) -> dict:
 
 
 def timed_train_loop(config: dict) -> None:
-    """train_loop_per_worker, with rank 0's entry and exit wall-clock times appended to a timeline file."""
+    """train_loop_per_worker, with rank 0's entry and exit wall-clock times written to a timeline file."""
     import ray.train
 
     from components.training.ray_train import train_loop_per_worker
