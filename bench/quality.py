@@ -53,7 +53,8 @@ TARGETS = {"fcd_ratio_max": 5.0, "class_kl_max": 0.02, "tail_head_fcd_ratio_max"
 KEYS = ("fcd", "fcd_real_vs_real", "fcd_ratio", "fcd_uniform_floor", "fcd_uniform_floor_ratio", "fcd_class_matched",
         "fcd_class_matched_ratio", "class_kl", "classes_covered", "recall_mean",
         "head_recall", "tail_recall", "head_fcd", "tail_fcd", "tail_head_fcd_ratio",
-        "kid", "precision", "recall", "diverged")
+        "kid", "precision", "recall", "nn_distance_ratio_pixel", "copy_share_pixel", "nn_distance_ratio_feature",
+        "copy_share_feature", "diverged")
 
 
 def run_recipe(name: str, overrides: list[str], budgets: list[int], base_steps: int, work: Path,
@@ -135,22 +136,26 @@ def main(recipes: list[str], budgets: list[int], out: Path, base_steps: int | No
         print(f"  {r['recipe']:<9} {r['budget']:<3} FCD {r['fcd']:.1f} ({r['fcd_ratio']:.1f}x real-vs-real "
               f"{r['fcd_real_vs_real']:.1f}; uniform floor {r['fcd_uniform_floor_ratio']:.1f}x; class-matched "
               f"{r['fcd_class_matched_ratio']:.1f}x)  KL {r['class_kl']:.4f}  head/tail FCD {r['head_fcd']:.1f}/"
-              f"{r['tail_fcd']:.1f}  diverged {r['diverged']:.0f}", flush=True)
+              f"{r['tail_fcd']:.1f}  copy share {r['copy_share_pixel']:.1%}/{r['copy_share_feature']:.1%}  "
+              f"diverged {r['diverged']:.0f}", flush=True)
     print(json.dumps(result["verdicts"], indent=2))
     return result
 
 
 def markdown_table(result: dict) -> str:
     """The README table: one line per recipe and budget."""
-    matched = all(r.get("fcd_class_matched") is not None for r in result["rows"])  # older results lack it
+    has = lambda key: all(r.get(key) is not None for r in result["rows"])  # noqa: E731  (older results lack some)
+    matched, copies = has("fcd_class_matched"), has("copy_share_pixel")
     lines = ["| recipe | budget | FCD | ÷ real-vs-real | " + ("class-matched FCD (÷ real-vs-real) | " if matched else "")
-             + "class KL | head / tail intra-class FCD | tail ÷ head |",
-             "|---|---|---|---|" + ("---|" if matched else "") + "---|---|---|"]
+             + "class KL | head / tail intra-class FCD | tail ÷ head |"
+             + (" copy share, pixels / features |" if copies else ""),
+             "|---|---|---|---|" + ("---|" if matched else "") + "---|---|---|" + ("---|" if copies else "")]
     for r in result["rows"]:
         lines.append(f"| {r['recipe']} | {r['budget']} ({r['steps']} steps) | {r['fcd']:.1f} | {r['fcd_ratio']:.1f}× | "
                      + (f"{r['fcd_class_matched']:.1f} ({r['fcd_class_matched_ratio']:.1f}×) | " if matched else "")
                      + f"{r['class_kl']:.4f} | {r['head_fcd']:.1f} / {r['tail_fcd']:.1f} | "
-                     f"{r['tail_head_fcd_ratio']:.2f} |")
+                     f"{r['tail_head_fcd_ratio']:.2f} |"
+                     + (f" {r['copy_share_pixel']:.1%} / {r['copy_share_feature']:.1%} |" if copies else ""))
     return "\n".join(lines)
 
 

@@ -35,6 +35,20 @@ def class_sample_grid(G: torch.nn.Module, num_classes: int, z_fixed: torch.Tenso
     return image_grid(images, per_class)
 
 
+@torch.no_grad()
+def nearest_neighbour_grid(fake: torch.Tensor, fake_labels: torch.Tensor, train: torch.Tensor,
+                           num_classes: int, per_class: int = 4) -> Image.Image:
+    """One row per class: its `per_class` samples nearest to the training set (pixel L2), each followed by
+    that nearest training image. Copies show as identical pairs; a generalising generator's do not match."""
+    dist, nearest = torch.cdist(fake.flatten(1), train.flatten(1)).min(dim=1)
+    tiles = []
+    for c in range(num_classes):
+        idx = (fake_labels == c).nonzero().flatten()
+        for i in idx[dist[idx].argsort()[:per_class]]:
+            tiles += [fake[i], train[nearest[i]]]
+    return image_grid(torch.stack(tiles), 2 * per_class)
+
+
 def png_bytes(img: Image.Image) -> bytes:
     """Encode a PIL image as PNG bytes."""
     buf = io.BytesIO()

@@ -167,3 +167,19 @@ def test_class_reweighted_frechet_of_a_long_tail_to_uniform_matches_a_weighted_g
     expected = ((mu - b.mean(0)) ** 2).sum() + np.trace(cov + s_b - 2 * linalg.sqrtm(cov @ s_b).real)
     got = QUALITY_METRICS["class_reweighted_frechet_distance"](a, labels, np.array([0.5, 0.5]), b)["fd"]
     assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_nearest_neighbour_memorisation_tells_copies_from_new_draws():
+    memorisation = QUALITY_METRICS["nearest_neighbour_memorisation"]
+    rng = np.random.default_rng(3)
+    train, heldout = rng.normal(size=(400, 8)), rng.normal(size=(300, 8))
+    # Copies of training points (with tiny jitter): every sample is nearer than any held-out image.
+    copies = train[rng.integers(0, 400, 500)] + 1e-3 * rng.normal(size=(500, 8))
+    copied = memorisation(copies, train, heldout)
+    assert copied["nn_distance_ratio"] < 0.01 and copied["copy_share"] == 1.0
+    # Fresh draws from the same distribution: held-out-like distances, about 5% below the 5% quantile.
+    fresh = memorisation(rng.normal(size=(2000, 8)), train, heldout)
+    assert 0.9 < fresh["nn_distance_ratio"] < 1.1 and 0.02 < fresh["copy_share"] < 0.09
+    # Half copies, half fresh: the copy share sees the copied half.
+    mixed = memorisation(np.concatenate([copies, rng.normal(size=(500, 8))]), train, heldout)
+    assert 0.48 < mixed["copy_share"] < 0.56

@@ -177,4 +177,7 @@ def test_evaluate_command_takes_any_saved_model(smoke_run, tmp_path, capsys, whi
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert {"fcd", "kid", "precision", "recall", "density", "coverage", "tail_head_fcd_ratio",
             "fcd_class_0", "g_amplification"} <= set(evaluation)
+    for space in ("pixel", "feature"):
+        assert evaluation[f"nn_distance_ratio_{space}"] > 0 and 0 <= evaluation[f"copy_share_{space}"] <= 1
+    assert (out / "nearest_neighbours.png").stat().st_size > 0
     assert ("d_fgsm_accuracy" in evaluation) == (which == "checkpoint")  # registry models hold no D

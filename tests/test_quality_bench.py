@@ -46,3 +46,4 @@ def test_a_recipe_runs_on_another_config_and_scores_each_budget(tmp_path):
     assert set(saved["verdicts"]["naive"]) == {"fcd_ratio_at_1x_ok", "class_kl_at_1x_ok", "tail_head_fcd_at_1x_ok",
                                               "stable_3x_vs_1x_ok", "class_matched_fcd_ratio_at_1x_ok"}
     assert all(r["fcd_uniform_floor"] > 0 and r["fcd_class_matched"] > 0 for r in saved["rows"])
+    assert all(r["nn_distance_ratio_pixel"] > 0 and r["copy_share_feature"] is not None for r in saved["rows"])

@@ -123,6 +123,23 @@ def precision_recall_density_coverage(real: np.ndarray, fake: np.ndarray, k: int
     }
 
 
+def nearest_neighbour_memorisation(fake: np.ndarray, train: np.ndarray, heldout: np.ndarray,
+                                   copy_quantile: float = 0.05) -> dict[str, float]:
+    """Do generated samples sit closer to the training set than unseen real images do?
+
+    Held-out real images are what "new, not copied" looks like: their distances to the nearest training image
+    set the scale. nn_distance_ratio = median nearest-train distance of the samples / that of held-out images
+    (about 1 for a generator that draws new images, towards 0 for one that copies). copy_share = share of
+    samples nearer to a training image than the closest `copy_quantile` of held-out images are (about
+    copy_quantile without copying, 1 if every sample is a copy). A low FD is no evidence of generalisation
+    by itself: a generator that memorised the training set scores near 0 against it."""
+    d_fake = _pairwise(fake, train).min(axis=1)
+    d_held = _pairwise(heldout, train).min(axis=1)
+    threshold = np.quantile(d_held, copy_quantile)
+    return {"nn_distance_ratio": float(np.median(d_fake) / max(np.median(d_held), 1e-12)),
+            "copy_share": float((d_fake < threshold).mean())}
+
+
 def intra_class_fd(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray,
                    num_classes: int) -> dict[str, float]:
     """Frechet distance between real and generated features of each class (labels: real and requested)."""
@@ -149,5 +166,6 @@ QUALITY_METRICS = {
     "class_histogram": class_histogram,
     "class_recall": class_recall,
     "intra_class_fd": intra_class_fd,
+    "nearest_neighbour_memorisation": nearest_neighbour_memorisation,
     "head_tail_gap": head_tail_gap,
 }

@@ -17,7 +17,7 @@ from components.data.shards import read_manifest
 from components.metrics import QUALITY_METRICS
 from components.metrics.classifier import cached_classifier, predict
 from components.metrics.robustness import classifier_robustness, d_robustness, g_robustness
-from components.plots import bar_chart, class_sample_grid, robustness_figure
+from components.plots import bar_chart, class_sample_grid, nearest_neighbour_grid, robustness_figure
 from components.training.checkpoint import load_checkpoint, models_from_checkpoint
 from pipeline.stages.context import StageContext
 
@@ -70,7 +70,8 @@ def run(ctx: StageContext) -> dict:
     return {"evaluation": ctx.out_dir / "evaluation.json"}
 
 
-OUTPUT_FILES = ("evaluation.json", "per_class.csv", "samples.png", "generated_classes.png", "robustness_curves.png")
+OUTPUT_FILES = ("evaluation.json", "per_class.csv", "samples.png", "generated_classes.png", "robustness_curves.png",
+                "nearest_neighbours.png")
 
 
 def standard_fid(ec, fake: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
@@ -131,6 +132,13 @@ def evaluate_models(G, D, data_dir: Path, ec, cache_dir: Path, out_dir: Path, ex
                                                 f_train64)["fd"]
     for key in ("fcd_class_matched", "fcd_uniform_floor"):
         result[f"{key}_ratio"] = result[key] / max(result["fcd_real_vs_real"], 1e-9)
+    # A low FCD against the training split is also what a generator that copies it would score: compare the
+    # samples' nearest-training-image distances with those of held-out real images, in pixels and features.
+    memorisation = QUALITY_METRICS["nearest_neighbour_memorisation"]
+    spaces = {"pixel": (fake.flatten(1), train.images_float().flatten(1), held.images_float().flatten(1)),
+              "feature": (f_fake, f_train, f_held)}
+    for space, (a, b, c) in spaces.items():
+        result.update({f"{k}_{space}": v for k, v in memorisation(a.numpy(), b.numpy(), c.numpy()).items()})
     result["data_digest"] = manifest["digest"]
     result.update(QUALITY_METRICS["kernel_inception_distance"](f_fake.numpy(), f_train.numpy(), ec.kid_subsets,
                                                                ec.kid_subset_size, ec.seed))
@@ -173,12 +181,17 @@ def evaluate_models(G, D, data_dir: Path, ec, cache_dir: Path, out_dir: Path, ex
     (out_dir / "per_class.csv").write_text("\n".join(rows) + "\n")
     z8 = torch.randn(8, G.z_dim, generator=torch.Generator().manual_seed(1234))
     class_sample_grid(G, n_classes, z8).save(out_dir / "samples.png")
+    nearest_neighbour_grid(fake, y_req, train.images_float(), n_classes).save(out_dir / "nearest_neighbours.png")
     hist = np.bincount(p_fake.numpy(), minlength=n_classes).tolist()
     bar_chart({"generated (evaluator's labels)": hist}, names, "Generated class histogram", "samples") \
         .savefig(out_dir / "generated_classes.png", dpi=100)
     print(f"  evaluate: KID {result['kid']:.4f}, precision {result['precision']:.3f} recall {result['recall']:.3f} "
           f"density {result['density']:.3f} coverage {result['coverage']:.3f}; tail/head intra-class FCD "
           f"{result['tail_head_fcd_ratio']:.2f}, tail-head recall gap {result['tail_head_recall_gap']:+.3f}", flush=True)
+    print(f"  evaluate: nearest-training-image distance ÷ held-out's {result['nn_distance_ratio_pixel']:.2f} (pixels), "
+          f"{result['nn_distance_ratio_feature']:.2f} (features); samples nearer than 95% of held-out images "
+          f"{result['copy_share_pixel']:.1%} / {result['copy_share_feature']:.1%} (5% expected without copying)",
+          flush=True)
     print(f"  evaluate: FCD {result['fcd']:.2f} (real-vs-real {result['fcd_real_vs_real']:.2f}; a perfect "
           f"class-uniform generator {result['fcd_uniform_floor']:.2f}; class-matched {result['fcd_class_matched']:.2f}), "
           f"class KL {result['class_kl']:.4f}, recall {result['recall_mean']:.3f}, "
