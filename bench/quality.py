@@ -144,8 +144,10 @@ def main(recipes: list[str], budgets: list[int], out: Path, base_steps: int | No
 
 def markdown_table(result: dict) -> str:
     """The README table: one line per recipe and budget."""
-    has = lambda key: all(r.get(key) is not None for r in result["rows"])  # noqa: E731  (older results lack some)
-    matched, copies = has("fcd_class_matched"), has("copy_share_pixel")
+    def every_row_has(key: str) -> bool:  # results written before a column existed lack it
+        return all(r.get(key) is not None for r in result["rows"])
+
+    matched, copies = every_row_has("fcd_class_matched"), every_row_has("copy_share_pixel")
     lines = ["| recipe | budget | FCD | ÷ real-vs-real | " + ("class-matched FCD (÷ real-vs-real) | " if matched else "")
              + "class KL | head / tail intra-class FCD | tail ÷ head |"
              + (" copy share, pixels / features |" if copies else ""),
