@@ -12,7 +12,7 @@ import mlflow
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 SUMMARY_KEYS = ("fcd", "fcd_real_vs_real", "kid", "class_kl", "recall_mean", "tail_recall", "head_recall",
-                "tail_head_fcd_ratio", "d_fgsm_accuracy", "diverged")
+                "tail_head_fcd_ratio", "d_fgsm_accuracy", "copy_share_feature", "diverged")
 
 # (gate, threshold key in the gates config, evaluation key, passes(value, threshold))
 THRESHOLD_GATES = (
@@ -20,6 +20,8 @@ THRESHOLD_GATES = (
     ("max_class_kl", "max_class_kl", "class_kl", operator.le),
     ("min_tail_recall", "min_tail_recall", "tail_recall", operator.ge),
     ("min_d_fgsm_accuracy", "min_d_fgsm_accuracy", "d_fgsm_accuracy", operator.ge),
+    # A low FCD is also what memorising the training set scores: do not promote a copier.
+    ("max_copy_share", "max_copy_share", "copy_share_feature", operator.le),
 )
 
 

@@ -48,6 +48,14 @@ def test_gate_table_lists_each_gate():
     assert check_gates(evaluation(float("nan")), GATES, None)[0]["passed"] is False
 
 
+def test_a_generator_that_copies_its_training_set_is_not_promoted():
+    gates = {"max_copy_share": 0.2, "require_no_divergence": False}
+    copier, fresh = {**evaluation(10.0), "copy_share_feature": 0.9}, {**evaluation(10.0), "copy_share_feature": 0.05}
+    assert [r["passed"] for r in check_gates(copier, gates, None)] == [False]
+    assert [r["passed"] for r in check_gates(fresh, gates, None)] == [True]
+    assert summary_tags(copier)["eval.copy_share_feature"] == "0.9"  # re-judging a version later sees it
+
+
 def test_promotion_lifecycle(registry):
     client, register = registry["client"], registry["register"]
     v1 = register(evaluation(50.0))
