@@ -106,8 +106,9 @@ def evaluate_models(G, D, data_dir: Path, ec, cache_dir: Path, out_dir: Path, ex
     fake, y_req = generate_per_class(G, n_classes, ec.samples_per_class, ec.seed)
 
     # Section: quality on evaluator features.
-    f_train, _ = predict(clf, train.images_float())
-    f_held, _ = predict(clf, held.images_float())
+    train_x, held_x = train.images_float(), held.images_float()  # [-1, 1], reused by every section below
+    f_train, _ = predict(clf, train_x)
+    f_held, _ = predict(clf, held_x)
     f_fake, p_fake = predict(clf, fake)
     fd = QUALITY_METRICS["frechet_distance"]
     result = {
@@ -135,14 +136,14 @@ def evaluate_models(G, D, data_dir: Path, ec, cache_dir: Path, out_dir: Path, ex
     # A low FCD against the training split is also what a generator that copies it would score: compare the
     # samples' nearest-training-image distances with those of held-out real images, in pixels and features.
     memorisation = QUALITY_METRICS["nearest_neighbour_memorisation"]
-    spaces = {"pixel": (fake.flatten(1), train.images_float().flatten(1), held.images_float().flatten(1)),
+    spaces = {"pixel": (fake.flatten(1), train_x.flatten(1), held_x.flatten(1)),
               "feature": (f_fake, f_train, f_held)}
     for space, (a, b, c) in spaces.items():
         result.update({f"{k}_{space}": v for k, v in memorisation(a.numpy(), b.numpy(), c.numpy()).items()})
     result["data_digest"] = manifest["digest"]
     result.update(QUALITY_METRICS["kernel_inception_distance"](f_fake.numpy(), f_train.numpy(), ec.kid_subsets,
                                                                ec.kid_subset_size, ec.seed))
-    result.update(standard_fid(ec, fake, train.images_float()))
+    result.update(standard_fid(ec, fake, train_x))
     result.update(QUALITY_METRICS["precision_recall_density_coverage"](f_train.numpy(), f_fake.numpy(), ec.nn_k))
     result.update(QUALITY_METRICS["intra_class_fd"](f_train.numpy(), train.labels.numpy(), f_fake.numpy(),
                                                     y_req.numpy(), n_classes))
@@ -158,7 +159,7 @@ def evaluate_models(G, D, data_dir: Path, ec, cache_dir: Path, out_dir: Path, ex
     with torch.no_grad():
         z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(ec.seed + 1))
         fake_eval = G.generate(z, y_fake)
-    real_eval = held.images_float()[:n]
+    real_eval = held_x[:n]
     curves = robustness_curves(ec, D, G, clf, real_eval, held.labels[:n], fake_eval, y_fake)
     d_rows = curves["discriminator"]
     if d_rows:
@@ -181,7 +182,7 @@ def evaluate_models(G, D, data_dir: Path, ec, cache_dir: Path, out_dir: Path, ex
     (out_dir / "per_class.csv").write_text("\n".join(rows) + "\n")
     z8 = torch.randn(8, G.z_dim, generator=torch.Generator().manual_seed(1234))
     class_sample_grid(G, n_classes, z8).save(out_dir / "samples.png")
-    nearest_neighbour_grid(fake, y_req, train.images_float(), n_classes).save(out_dir / "nearest_neighbours.png")
+    nearest_neighbour_grid(fake, y_req, train_x, n_classes).save(out_dir / "nearest_neighbours.png")
     hist = np.bincount(p_fake.numpy(), minlength=n_classes).tolist()
     bar_chart({"generated (evaluator's labels)": hist}, names, "Generated class histogram", "samples") \
         .savefig(out_dir / "generated_classes.png", dpi=100)
