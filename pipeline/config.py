@@ -30,6 +30,9 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray; null means all cores.")
     stage_tasks: Literal["auto", "always", "never"] = Field(
         "auto", description="Run each stage as a Ray task: auto does so when joining a cluster (address set).")
+    batch_scheduling: bool = Field(
+        True, description="Run a local Ray's processes under Linux SCHED_BATCH, so that Ray's own frequent "
+                          "wake-ups wait for the scheduler tick instead of preempting training threads.")
 
 
 class StorageConfig(Section):

@@ -1,6 +1,7 @@
 """The Ray edge: join the configured cluster, or start a local one bound to 127.0.0.1."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -9,6 +10,9 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABL
 # sends each worker print to its logger and to stdout, so every progress line showed twice. Ray Train passes
 # both variables on to its controller and workers; a value already in the environment wins.
 TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+# Only for a cluster this process starts: a one-node local cluster is never drained, so Ray Train's
+# preemption watcher (one more Python actor, started while the first steps run) has nothing to watch.
+LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def keep_ray_on_loopback() -> None:
@@ -17,8 +21,32 @@ def keep_ray_on_loopback() -> None:
         os.environ.setdefault(key, value)
 
 
-def ensure_ray(address: str | None, num_cpus: int | None) -> bool:
-    """Initialise Ray once; returns True if this call started a local cluster (the caller shuts it down)."""
+@contextlib.contextmanager
+def batch_scheduled(enabled: bool = True):
+    """Processes started inside inherit the Linux SCHED_BATCH policy; the calling thread gets its own back.
+
+    Every Ray Python process wakes 100 times a second (its core worker checks for signals every 10 ms), and
+    a local Ray Train run has about ten of them beside its workers. A waking normal process preempts a
+    running training thread at once; a SCHED_BATCH one waits for the scheduler tick instead, which halved
+    the training threads' involuntary context switches on 2 cores. No-op where the policy does not exist."""
+    if not enabled or not hasattr(os, "SCHED_BATCH"):
+        yield
+        return
+    before = os.sched_getscheduler(0)
+    if before != os.SCHED_OTHER:  # a real-time or already-batch caller keeps what it chose
+        yield
+        return
+    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    try:
+        yield
+    finally:
+        os.sched_setscheduler(0, before, os.sched_param(0))
+
+
+def ensure_ray(address: str | None, num_cpus: int | None, batch_scheduling: bool = True) -> bool:
+    """Initialise Ray once; returns True if this call started a local cluster (the caller shuts it down).
+
+    batch_scheduling: run a local cluster's processes under SCHED_BATCH (see `batch_scheduled`)."""
     keep_ray_on_loopback()
     for key, value in TRAIN_ENV.items():
         os.environ.setdefault(key, value)
@@ -30,7 +58,10 @@ def ensure_ray(address: str | None, num_cpus: int | None) -> bool:
     if address:
         ray.init(address=address, **quiet)
         return False
+    for key, value in LOCAL_TRAIN_ENV.items():
+        os.environ.setdefault(key, value)
     # address="local" always starts a fresh cluster: a stale /tmp/ray/ray_current_cluster is ignored.
     # The dashboard serves Ray's state API, which Train's placement-group cleaner polls; keep it on loopback.
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
+    with batch_scheduled(batch_scheduling):
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
     return True

@@ -33,6 +33,25 @@ def test_two_workers_stay_in_sync_and_match_one_big_batch(ray_cluster, tmp_path)
         for name, tensor in one[key].items():
             torch.testing.assert_close(two[key][name], tensor, rtol=1e-4, atol=1e-5, msg=f"{key}.{name}")
     assert len(two["trace"]["d_loss"]) == len(state.trace["d_loss"]) == cfg.steps
+    # The local cluster's defaults reached Ray Train: no preemption watcher actor was ever started.
+    from ray.util.state import list_actors
+
+    assert list_actors(filters=[("class_name", "=", "PreemptionWatcher")]) == []
+
+
+def test_the_local_clusters_processes_are_batch_scheduled_and_the_driver_is_not(ray_cluster):
+    import os
+
+    if os.sched_getscheduler(0) != os.SCHED_OTHER:
+        pytest.skip("the test process itself is not normally scheduled")
+
+    @ray_cluster.remote(num_cpus=0)
+    def policy() -> int:
+        return os.sched_getscheduler(0)
+
+    assert ray_cluster.get(policy.remote()) == os.SCHED_BATCH
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
 
 
 def test_use_gpu_without_gpus_is_a_one_line_user_error(ray_cluster):

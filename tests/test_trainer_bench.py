@@ -1,0 +1,27 @@
+"""The trainer benchmark's summary: medians over passes and each pass's own Ray-Train-vs-DDP ratio."""
+from bench.trainer_bench import summarise_passes
+
+
+def run(mode, workers, repeat, images_per_s, startup_s):
+    return {"mode": mode, "workers": workers, "repeat": repeat, "images_per_s": images_per_s, "startup_s": startup_s}
+
+
+def test_each_pass_is_compared_with_its_own_ddp_run():
+    # The machine drifts: pass 2 is faster for both, so the per-pass ratios agree (0.9) while the ratio of
+    # the two medians would not be what either pass measured.
+    runs = [run("torch_ddp", 2, 1, 100.0, 8.0), run("ray_train", 2, 1, 90.0, 22.0),
+            run("torch_ddp", 2, 2, 130.0, 7.0), run("ray_train", 2, 2, 117.0, 18.0),
+            run("torch_ddp", 2, 3, 110.0, 9.0), run("ray_train", 2, 3, 104.5, 30.0)]
+    s = summarise_passes(runs)
+    assert s["ray_train_2_vs_ddp_per_pass"] == [0.9, 0.9, 0.95]
+    assert s["ray_train_2_vs_ddp_median"] == 0.9
+    assert s["ray_train_2"] == {"passes": 3, "median_images_per_s": 104.5, "median_startup_s": 22.0,
+                                "startup_s_range": [18.0, 30.0]}
+    assert s["torch_ddp_2"]["median_images_per_s"] == 110.0
+
+
+def test_an_even_number_of_passes_takes_the_middle_mean_and_missing_modes_give_no_ratio():
+    runs = [run("ray_train", 2, 1, 90.0, 21.0), run("ray_train", 2, 2, 100.0, 19.0)]
+    s = summarise_passes(runs)
+    assert s["ray_train_2"]["median_startup_s"] == 20.0
+    assert s["ray_train_2_vs_ddp_per_pass"] == [] and s["ray_train_2_vs_ddp_median"] is None
