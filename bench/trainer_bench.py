@@ -31,7 +31,8 @@ sys.path.insert(0, str(REPO))
 from components.data.prepare import prepare_dataset  # noqa: E402
 from components.training.checkpoint import load_checkpoint  # noqa: E402
 from components.training.loop import train_steps  # noqa: E402
-from components.training.ray_train import build_worker_state, run_torch_trainer  # noqa: E402
+from components.training.ray_train import (  # noqa: E402
+    build_worker_state, quiet_ddp_stride_warning, run_torch_trainer)
 from pipeline.config import load_config  # noqa: E402
 from pipeline.ray_edge import ensure_ray, keep_ray_on_loopback  # noqa: E402
 from pipeline.stages.train import build_loop_config  # noqa: E402
@@ -76,6 +77,7 @@ def _ddp_worker(rank: int, world: int, config: dict, port: int, out: str) -> Non
     from torch.nn.parallel import DistributedDataParallel
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    quiet_ddp_stride_warning()
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     state, cfg, loss = build_worker_state(config, rank, world, wrap=DistributedDataParallel)

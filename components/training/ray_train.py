@@ -43,8 +43,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    # Single-input-channel convs give grads with other (equivalent) strides than DDP's buckets: harmless.
-    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    quiet_ddp_stride_warning()
     quiet_report_logging()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -114,6 +113,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
     train_steps(state, loss, cfg, cfg.steps, on_report)
+
+
+def quiet_ddp_stride_warning() -> None:
+    """Single-input-channel convs give grads with other (equivalent) strides than DDP's buckets: harmless."""
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
 
 
 def quiet_report_logging() -> None:
