@@ -49,8 +49,10 @@ def _log_dataset(data_dir, manifest: dict) -> None:
 
     first = data_dir / manifest["files"]["train"][0]
     frame = pq.read_table(first, columns=["label", "sample_id", "split"]).to_pandas()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # the schema is inferred again when the input is logged
         warnings.filterwarnings("ignore", message=".*integer column.*")
+        # MLflow 3.17 registers its local-artifact source twice and then warns that a path is ambiguous.
+        warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
         dataset = mlflow.data.from_pandas(frame, source=str(data_dir),
                                           name=f"{manifest['source']['name']}-prepared", digest=manifest["digest"][:32])
-    mlflow.log_input(dataset, context="training")
+        mlflow.log_input(dataset, context="training")
