@@ -120,8 +120,8 @@ def timed_train_loop(config: dict) -> None:
         Path(config["timeline_file"]).write_text(json.dumps({"entered": entered, "left": time.time()}))
 
 
-def run_ray_train(data_dir: Path, tmp: Path, workers: int, run_name: str | None = None) -> dict:
-    run_name = run_name or f"bench-{workers}w"  # a new name per run: an old one would resume its checkpoint
+def run_ray_train(data_dir: Path, tmp: Path, workers: int, run_name: str) -> dict:
+    """run_name: new for every run in `tmp` (a reused one would resume that run's checkpoint)."""
     config = {**loop_config(data_dir, workers), "timeline_file": str(tmp / f"timeline-{run_name}.json")}
     called = time.time()
     t0 = time.perf_counter()
@@ -161,7 +161,7 @@ def run_modes(modes: tuple[str, ...], data_dir: Path, tmp: Path, repeat: int) ->
     try:
         for workers in ray_workers:
             print(f"trainer bench (pass {repeat}): ray_train {workers} worker(s) ...", flush=True)
-            runs.append({**run_ray_train(data_dir, tmp, workers, run_name=f"bench-{workers}w-pass{repeat}"),
+            runs.append({**run_ray_train(data_dir, tmp, workers, f"bench-{workers}w-pass{repeat}"),
                          "repeat": repeat})
             print(f"  {runs[-1]}", flush=True)
     finally:
