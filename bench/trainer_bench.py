@@ -39,7 +39,7 @@ from components.training.loop import train_steps  # noqa: E402
 from components.training.ray_train import (  # noqa: E402
     build_worker_state, quiet_ddp_stride_warning, run_torch_trainer)
 from pipeline.config import load_config  # noqa: E402
-from pipeline.ray_edge import ensure_ray, keep_ray_on_loopback  # noqa: E402
+from pipeline.ray_edge import ensure_ray, keep_ray_on_loopback, owns_local_cluster  # noqa: E402
 from pipeline.stages.train import build_loop_config  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -125,7 +125,9 @@ def run_ray_train(data_dir: Path, tmp: Path, workers: int, run_name: str) -> dic
     config = {**loop_config(data_dir, workers), "timeline_file": str(tmp / f"timeline-{run_name}.json")}
     called = time.time()
     t0 = time.perf_counter()
-    result = run_torch_trainer(config, tmp / "ray_results", run_name, loop_fn=timed_train_loop)
+    # As the train stage runs it: the pipeline's driver owns its local cluster.
+    result = run_torch_trainer(config, tmp / "ray_results", run_name, loop_fn=timed_train_loop,
+                               placement_group_cleaner=not owns_local_cluster())
     if result.error is not None:
         raise RuntimeError(f"ray train failed: {result.error}")
     wall = time.perf_counter() - t0
@@ -157,12 +159,15 @@ def run_modes(modes: tuple[str, ...], data_dir: Path, tmp: Path, repeat: int) ->
     ray_workers = [w for w in (1, 2) if f"ray_train_{w}" in modes]
     if not ray_workers:
         return runs
+    t0 = time.perf_counter()
     started = ensure_ray(None, 2)
+    # Not part of a run's start-up, but shown: what the local cluster (and anything ensure_ray prestarts) costs.
+    cluster_start_s = round(time.perf_counter() - t0, 2)
     try:
         for workers in ray_workers:
             print(f"trainer bench (pass {repeat}): ray_train {workers} worker(s) ...", flush=True)
             runs.append({**run_ray_train(data_dir, tmp, workers, f"bench-{workers}w-pass{repeat}"),
-                         "repeat": repeat})
+                         "repeat": repeat, "cluster_start_s": cluster_start_s})
             print(f"  {runs[-1]}", flush=True)
     finally:
         if started:  # a fresh cluster per pass: every pass measures the same cold start
@@ -183,6 +188,9 @@ def summarise_passes(runs: list[dict]) -> dict:
             "median_images_per_s": round(statistics.median([r["images_per_s"] for r in rows]), 1),
             "median_startup_s": round(statistics.median([r["startup_s"] for r in rows]), 2),
             "startup_s_range": [min(r["startup_s"] for r in rows), max(r["startup_s"] for r in rows)]}
+        if "cluster_start_s" in rows[0]:
+            summary[f"{key[0]}_{key[1]}"]["median_cluster_start_s"] = round(
+                statistics.median([r["cluster_start_s"] for r in rows]), 2)
     ratios = []
     for repeat in sorted({r["repeat"] for r in runs}):
         ddp = [r for r in runs if r["repeat"] == repeat and r["mode"] == "torch_ddp"]

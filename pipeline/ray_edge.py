@@ -13,6 +13,8 @@ TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PRINT
 # Only for a cluster this process starts: a one-node local cluster is never drained, so Ray Train's
 # preemption watcher (one more Python actor, started while the first steps run) has nothing to watch.
 LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# The GCS address of the local cluster this process started, while it runs (see owns_local_cluster).
+_owned_gcs_address: str | None = None
 
 
 def keep_ray_on_loopback() -> None:
@@ -65,4 +67,31 @@ def ensure_ray(address: str | None, num_cpus: int | None, batch_scheduling: bool
     # The dashboard serves Ray's state API, which Train's placement-group cleaner polls; keep it on loopback.
     with batch_scheduled(batch_scheduling):
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
+    global _owned_gcs_address
+    _owned_gcs_address = ray.get_runtime_context().gcs_address
+    prestart_train_coordinator()
     return True
+
+
+def owns_local_cluster() -> bool:
+    """True while Ray is the local cluster this process started: it ends with this process, so nothing a
+    run leaves on it (a placement group of a crashed controller) can outlive the driver."""
+    import ray
+
+    return (_owned_gcs_address is not None and ray.is_initialized()
+            and ray.get_runtime_context().gcs_address == _owned_gcs_address)
+
+
+def prestart_train_coordinator() -> None:
+    """Create Ray Train's autoscaling-coordinator actor now rather than inside the cluster's first run.
+
+    Ray Train's controller creates this detached actor on first use, once its own process has started and
+    imported torch: a fresh process (3 s) in a serial chain on one core while the other idled, which later
+    runs on the same cluster skip. Asked for here, it starts alongside the driver's own work, in a worker Ray
+    prestarted at `ray.init`. Skipped where this Ray has no such actor."""
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator)
+    except ImportError:
+        return
+    get_or_create_autoscaling_coordinator()

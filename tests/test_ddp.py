@@ -18,8 +18,19 @@ def ddp_config(tmp_path, workers):
     return config
 
 
+def helper_actor_counts() -> dict[str, int]:
+    """How many of Ray Train's optional helper actors the session's cluster has ever had, by class."""
+    from ray.util.state import list_actors
+
+    return {name: len(list_actors(filters=[("class_name", "=", name)], limit=10_000))
+            for name in ("DatasetManager", "PlacementGroupCleaner", "PreemptionWatcher")}
+
+
 def test_two_workers_stay_in_sync_and_match_one_big_batch(ray_cluster, tmp_path):
-    result = run_torch_trainer(ddp_config(tmp_path, 2), tmp_path / "ray_results", "ddp-2")
+    helpers_before = helper_actor_counts()
+    # As the train stage runs on the local cluster it owns: without the placement-group cleaner.
+    result = run_torch_trainer(ddp_config(tmp_path, 2), tmp_path / "ray_results", "ddp-2",
+                               placement_group_cleaner=False)
     assert result.error is None
     with result.checkpoint.as_directory() as d:
         two = load_checkpoint(d)
@@ -33,10 +44,47 @@ def test_two_workers_stay_in_sync_and_match_one_big_batch(ray_cluster, tmp_path)
         for name, tensor in one[key].items():
             torch.testing.assert_close(two[key][name], tensor, rtol=1e-4, atol=1e-5, msg=f"{key}.{name}")
     assert len(two["trace"]["d_loss"]) == len(state.trace["d_loss"]) == cfg.steps
-    # The local cluster's defaults reached Ray Train: no preemption watcher actor was ever started.
-    from ray.util.state import list_actors
+    # The local cluster's defaults reached Ray Train: no preemption watcher actor was ever started; and the
+    # lean trainer started no dataset manager (no Ray Datasets) and no placement-group cleaner.
+    assert helper_actor_counts() == helpers_before and helpers_before["PreemptionWatcher"] == 0
 
-    assert list_actors(filters=[("class_name", "=", "PreemptionWatcher")]) == []
+
+def test_the_lean_trainer_drops_only_the_helpers_a_run_does_not_use(ray_cluster, tmp_path):
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    from components.training.ray_train import build_torch_trainer
+
+    def callback_types(config, **kwargs) -> set[type]:
+        trainer = build_torch_trainer(config, tmp_path / "ray_results", "lean", **kwargs)
+        return {type(cb) for cb in trainer._create_default_callbacks()}
+
+    config = ddp_config(tmp_path, 1)
+    default = callback_types(config)
+    assert PlacementGroupCleanerCallback in default and DatasetsCallback not in default
+    assert PlacementGroupCleanerCallback not in callback_types(config, placement_group_cleaner=False)
+    assert DatasetsCallback in callback_types({**config, "reader": "ray_data"})  # Ray Datasets keep their manager
+
+
+def test_the_session_cluster_is_owned_and_trains_coordinator_is_prestarted(ray_cluster):
+    import time
+
+    from pipeline.ray_edge import owns_local_cluster, prestart_train_coordinator
+
+    assert owns_local_cluster()
+    where = {"name": "AutoscalingCoordinator", "namespace": "AutoscalingCoordinator"}
+    ray_cluster.kill(ray_cluster.get_actor(**where), no_restart=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray_cluster.get_actor(**where)
+        except ValueError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the killed coordinator kept its name")
+    prestart_train_coordinator()
+    ray_cluster.get_actor(**where)  # raises ValueError if it was not created
 
 
 def test_the_local_clusters_processes_are_batch_scheduled_and_the_driver_is_not(ray_cluster):

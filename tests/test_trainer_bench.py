@@ -25,3 +25,9 @@ def test_an_even_number_of_passes_takes_the_middle_mean_and_missing_modes_give_n
     s = summarise_passes(runs)
     assert s["ray_train_2"]["median_startup_s"] == 20.0
     assert s["ray_train_2_vs_ddp_per_pass"] == [] and s["ray_train_2_vs_ddp_median"] is None
+
+
+def test_the_clusters_start_is_summarised_beside_the_runs_start_up():
+    runs = [{**run("ray_train", 2, r, 100.0, 18.0), "cluster_start_s": c} for r, c in ((1, 7.0), (2, 9.0), (3, 8.5))]
+    assert summarise_passes(runs)["ray_train_2"]["median_cluster_start_s"] == 8.5
+    assert "median_cluster_start_s" not in summarise_passes([run("torch_ddp", 2, 1, 100.0, 6.0)])["torch_ddp_2"]

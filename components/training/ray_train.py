@@ -167,21 +167,52 @@ def progress_line(what: str, step: int, total: int, batch: int, m: dict[str, flo
             f"{m['images_per_s']:.0f} img/s  ETA {eta_s:.0f}s")
 
 
-def run_torch_trainer(loop_config: dict, storage: Path | str, run_name: str, callbacks: list | None = None,
-                      loop_fn=train_loop_per_worker):
-    """Launch `loop_fn` (default `train_loop_per_worker`) on a TorchTrainer; returns the Ray Train Result.
+def lean_torch_trainer_class(placement_group_cleaner: bool = True):
+    """TorchTrainer without the helper actors a run does not use; each is one more Python process to start.
+
+    - Ray Train starts a DatasetManager actor for every run, with or without Ray Datasets; without any it
+      serves nothing.
+    - placement_group_cleaner=False drops the detached actor that removes the run's placement group if the
+      controller dies without cleaning up. Only safe where the controller cannot outlive its driver's
+      cluster: a run started by the driver of a local cluster it owns (not a Tune trial, whose controller
+      dies with the trial when a scheduler stops it early). The cleaner also asks the state API every second.
+    Falls back to TorchTrainer where this Ray lays out its callbacks differently."""
+    from ray.train.torch import TorchTrainer
+
+    try:
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    except ImportError:
+        return TorchTrainer
+    if not hasattr(TorchTrainer, "_create_default_callbacks"):
+        return TorchTrainer
+
+    class LeanTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            unused = () if self.datasets else (DatasetsCallback,)
+            if not placement_group_cleaner:
+                unused += (PlacementGroupCleanerCallback,)
+            return [cb for cb in super()._create_default_callbacks() if not isinstance(cb, unused)]
+
+    return LeanTorchTrainer
+
+
+def build_torch_trainer(loop_config: dict, storage: Path | str, run_name: str, callbacks: list | None = None,
+                        loop_fn=train_loop_per_worker, placement_group_cleaner: bool = True):
+    """The TorchTrainer for `loop_fn` (default `train_loop_per_worker`); `run_torch_trainer` fits it.
 
     storage: a local path or a storage URI (s3://...), where Ray Train keeps checkpoints.
     callbacks: Ray Train callbacks, e.g. Tune's TuneReportCallback when a tune trial launches it.
-    loop_fn: a wrapper of train_loop_per_worker (the trainer benchmark times the worker side with one)."""
+    loop_fn: a wrapper of train_loop_per_worker (the trainer benchmark times the worker side with one).
+    placement_group_cleaner: see `lean_torch_trainer_class`."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     cfg = TrainConfig(**loop_config["train"])
     backend = {"auto": "nccl" if cfg.use_gpu else "gloo"}.get(cfg.backend, cfg.backend)
     storage_path, storage_fs = ray_storage_args(storage)
     datasets = {"train": ray_dataset(loop_config["data_dir"], "train")} if loop_config.get("reader") == "ray_data" else None
-    trainer = TorchTrainer(
+    return lean_torch_trainer_class(placement_group_cleaner)(
         loop_fn,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend=backend),
@@ -198,4 +229,9 @@ def run_torch_trainer(loop_config: dict, storage: Path | str, run_name: str, cal
             callbacks=callbacks or [],
         ),
     )
-    return trainer.fit()
+
+
+def run_torch_trainer(loop_config: dict, storage: Path | str, run_name: str, callbacks: list | None = None,
+                      loop_fn=train_loop_per_worker, placement_group_cleaner: bool = True):
+    """Fit `build_torch_trainer(...)`; returns the Ray Train Result."""
+    return build_torch_trainer(loop_config, storage, run_name, callbacks, loop_fn, placement_group_cleaner).fit()

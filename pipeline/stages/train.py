@@ -17,6 +17,7 @@ from components.storage import Location, is_remote, join
 from components.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from components.training.ray_train import run_torch_trainer
 from pipeline.config import PipelineConfig
+from pipeline.ray_edge import owns_local_cluster
 from pipeline.stages.context import StageContext
 
 
@@ -55,7 +56,8 @@ def fit_and_collect(ctx: StageContext, config: dict, run_name: str, out_dir: Pat
     storage = ctx.ray_storage()
     if ctx.forced:  # a run with the same name would resume from its latest checkpoint
         Location(join(storage, run_name)).delete()
-    result = run_torch_trainer(config, storage, run_name)
+    # Driven from the driver of a local cluster it owns, the run's placement group cannot outlive the cluster.
+    result = run_torch_trainer(config, storage, run_name, placement_group_cleaner=not owns_local_cluster())
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}")
     with result.checkpoint.as_directory() as d:
