@@ -8,7 +8,8 @@ Every mode runs the project's `train_steps` on identical settings (the document'
 32x32, batch 64 per worker, one intra-op thread per process), so the differences are the launch and
 synchronisation machinery. Steady state is the median of rank 0's per-step wall times (`step_time_s` in
 the trace) after WARMUP steps: a median, because this 2-core machine is noisy. Fixed start-up is wall time
-minus steps x steady ms/step, so it includes process launch, group init, model build and reporting.
+minus steps x steady ms/step, so it includes process launch, group init, model build and reporting; the
+local cluster's own start (`ensure_ray`, with what it prestarts) is not in it and is reported beside it.
 
 `--repeats N` makes N passes over the modes (a fresh local Ray cluster per pass) and reports medians over
 passes and each pass's own Ray-Train-vs-DDP ratio: on a shared machine the speed drifts by ±10 % over
