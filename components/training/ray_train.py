@@ -173,9 +173,10 @@ def lean_torch_trainer_class(placement_group_cleaner: bool = True):
     - Ray Train starts a DatasetManager actor for every run, with or without Ray Datasets; without any it
       serves nothing.
     - placement_group_cleaner=False drops the detached actor that removes the run's placement group if the
-      controller dies without cleaning up. Only safe where the controller cannot outlive its driver's
-      cluster: a run started by the driver of a local cluster it owns (not a Tune trial, whose controller
-      dies with the trial when a scheduler stops it early). The cleaner also asks the state API every second.
+      controller dies without cleaning up (it also asks the state API every second). Only for a run whose
+      placement group cannot outlive its driver anyway: one started by the driver of a local cluster it
+      owns, where a dead controller fails the run and the cluster ends with the driver. Not for a Tune
+      trial: a scheduler that stops it early kills its controller while the campaign goes on.
     Falls back to TorchTrainer where this Ray lays out its callbacks differently."""
     from ray.train.torch import TorchTrainer
 
