@@ -28,7 +28,8 @@ def batch_scheduled(enabled: bool = True):
     """Processes started inside inherit the Linux SCHED_BATCH policy; the calling thread gets its own back.
 
     Every Ray Python process wakes 100 times a second (its core worker checks for signals every 10 ms), and
-    a local Ray Train run has about ten of them beside its workers. A waking normal process preempts a
+    a local cluster running Ray Train has more than ten of them beside its workers (dashboard and its heads,
+    monitors, Train's controller and actors). A waking normal process preempts a
     running training thread at once; a SCHED_BATCH one waits for the scheduler tick instead, which halved
     the training threads' involuntary context switches on 2 cores. The helper threads ray.init starts in this
     process stay batch too; only the calling thread is restored. No-op where the policy does not exist."""

@@ -185,8 +185,6 @@ def lean_torch_trainer_class(placement_group_cleaner: bool = True):
         from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
     except ImportError:
         return TorchTrainer
-    if not hasattr(TorchTrainer, "_create_default_callbacks"):
-        return TorchTrainer
 
     class LeanTorchTrainer(TorchTrainer):
         def _create_default_callbacks(self):
