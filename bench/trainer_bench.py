@@ -11,6 +11,10 @@ the trace) after WARMUP steps: a median, because this 2-core machine is noisy. F
 minus steps x steady ms/step, so it includes process launch, group init, model build and reporting; the
 local cluster's own start (`ensure_ray`, with what it prestarts) is not in it and is reported beside it.
 
+Every mode runs under the same malloc settings (`--malloc`): `tuned`, the setting the pipeline gives its
+training processes (components.training.allocator), or `glibc`, glibc's defaults. glibc reads them when a
+process starts, so the benchmark re-executes itself with them before it runs anything.
+
 `--repeats N` makes N passes over the modes (a fresh local Ray cluster per pass) and reports medians over
 passes and each pass's own Ray-Train-vs-DDP ratio: on a shared machine the speed drifts by ±10 % over
 minutes, more than most changes being measured.
@@ -35,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from components.data.prepare import prepare_dataset  # noqa: E402
+from components.training.allocator import MALLOC_TUNABLES  # noqa: E402
 from components.training.checkpoint import load_checkpoint  # noqa: E402
 from components.training.loop import train_steps  # noqa: E402
 from components.training.ray_train import (  # noqa: E402
@@ -49,6 +54,21 @@ STEPS = 40
 WARMUP = 5
 REPORT_EVERY = 10
 MODES = ("bare", "torch_ddp", "ray_train_1", "ray_train_2")
+MALLOC_SETTINGS = {"tuned": MALLOC_TUNABLES, "glibc": ""}  # "": glibc's defaults, and ensure_ray adds nothing
+
+
+def reexec_with_malloc(setting: str) -> None:
+    """Re-execute this process's command line with GLIBC_TUNABLES for `setting`, unless it already has it."""
+    wanted = MALLOC_SETTINGS[setting]
+    if os.environ.get("GLIBC_TUNABLES") != wanted:
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": wanted})
+
+
+def malloc_setting() -> str:
+    """The name of the malloc setting this process runs under (what reexec_with_malloc gave it)."""
+    value = os.environ.get("GLIBC_TUNABLES")
+    return next((name for name, v in MALLOC_SETTINGS.items() if v == value), f"GLIBC_TUNABLES={value!r}")
 
 
 def loop_config(data_dir: Path, workers: int) -> dict:
@@ -218,7 +238,9 @@ def main(modes: tuple[str, ...] = MODES,
     result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
         "model": "document widths G 64/128/256, D 64..256 at 32x32, 1 channel",
-        "command": "python -m bench.trainer_bench --modes " + ",".join(modes) + f" --repeats {repeats}",
+        "malloc": malloc_setting(),
+        "command": "python -m bench.trainer_bench --modes " + ",".join(modes) + f" --repeats {repeats}"
+                   + (f" --malloc {malloc_setting()}" if malloc_setting() in MALLOC_SETTINGS else ""),
         "runs": runs,
         "summary": summary,
         "ray_train_2_vs_ddp_throughput": ratio,
@@ -242,6 +264,8 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path, default=RESULTS / "trainer.json", help="result JSON")
     parser.add_argument("--repeats", type=int, default=1,
                         help="passes over the modes, interleaved; medians and per-pass ratios are reported")
+    parser.add_argument("--malloc", choices=sorted(MALLOC_SETTINGS), default="tuned",
+                        help="malloc settings for every mode: the pipeline's (tuned) or glibc's defaults")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
@@ -249,4 +273,5 @@ if __name__ == "__main__":
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         parser.error(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    reexec_with_malloc(args.malloc)
     main(modes, args.out, args.repeats)

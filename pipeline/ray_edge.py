@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+from components.training.allocator import set_allocator_env_for_children
+
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 # Ray Train's controller polls its workers every 2 s by default, and a run's last report and its end each
 # wait for a poll: 0.5 s cut the trainer benchmark's shutdown from 3.9 s to 1.0 s. Ray Train's print patch
@@ -64,6 +66,7 @@ def ensure_ray(address: str | None, num_cpus: int | None, batch_scheduling: bool
         return False
     for key, value in LOCAL_TRAIN_ENV.items():
         os.environ.setdefault(key, value)
+    set_allocator_env_for_children()  # the cluster's workers keep freed memory: no page faults every step
     # address="local" always starts a fresh cluster: a stale /tmp/ray/ray_current_cluster is ignored.
     # The dashboard serves Ray's state API, which Train's placement-group cleaner polls; keep it on loopback.
     with batch_scheduled(batch_scheduling):

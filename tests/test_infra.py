@@ -101,3 +101,12 @@ def test_local_scripts_bind_loopback():
     if local.exists():
         text = local.read_text()
         assert "127.0.0.1" in text and "0.0.0.0" not in text
+
+
+def test_submitted_jobs_give_their_workers_the_pipelines_malloc_settings():
+    from components.training.allocator import MALLOC_TUNABLES
+
+    runtime_env = yaml.safe_load((INFRA / "runtime_env.yaml").read_text())
+    rayjob = yaml.safe_load((INFRA / "kuberay" / "rayjob.yaml").read_text())
+    for env in (runtime_env, yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])):
+        assert env["env_vars"]["GLIBC_TUNABLES"] == MALLOC_TUNABLES

@@ -31,3 +31,16 @@ def test_the_clusters_start_is_summarised_beside_the_runs_start_up():
     runs = [{**run("ray_train", 2, r, 100.0, 18.0), "cluster_start_s": c} for r, c in ((1, 7.0), (2, 9.0), (3, 8.5))]
     assert summarise_passes(runs)["ray_train_2"]["median_cluster_start_s"] == 8.5
     assert "median_cluster_start_s" not in summarise_passes([run("torch_ddp", 2, 1, 100.0, 6.0)])["torch_ddp_2"]
+
+
+def test_the_result_names_the_malloc_setting_every_mode_ran_under(monkeypatch):
+    from bench.trainer_bench import MALLOC_SETTINGS, malloc_setting
+    from components.training.allocator import MALLOC_TUNABLES
+
+    assert MALLOC_SETTINGS["tuned"] == MALLOC_TUNABLES  # the benchmark measures what the pipeline runs
+    monkeypatch.setenv("GLIBC_TUNABLES", MALLOC_TUNABLES)
+    assert malloc_setting() == "tuned"
+    monkeypatch.setenv("GLIBC_TUNABLES", "")
+    assert malloc_setting() == "glibc"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    assert malloc_setting() == "GLIBC_TUNABLES='glibc.malloc.arena_max=2'"
