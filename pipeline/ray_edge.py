@@ -66,7 +66,9 @@ def ensure_ray(address: str | None, num_cpus: int | None, batch_scheduling: bool
         return False
     for key, value in LOCAL_TRAIN_ENV.items():
         os.environ.setdefault(key, value)
-    set_allocator_env_for_children()  # the cluster's workers keep freed memory: no page faults every step
+    # Every process of the cluster keeps the memory it frees (components/training/allocator.py): the workers'
+    # steps stop faulting their activations in; the cluster's daemons inherit it too, light on one node.
+    set_allocator_env_for_children()
     # address="local" always starts a fresh cluster: a stale /tmp/ray/ray_current_cluster is ignored.
     # The dashboard serves Ray's state API, which Train's placement-group cleaner polls; keep it on loopback.
     with batch_scheduled(batch_scheduling):
