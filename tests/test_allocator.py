@@ -37,10 +37,10 @@ def reused_block_faults(blocks: int, block_mib: int, rounds: int, in_thread: boo
     size = block_mib << 20
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(rounds):
-        blocks_ = [libc.malloc(size) for _ in range(blocks)]
-        for p in blocks_:
+        allocated = [libc.malloc(size) for _ in range(blocks)]
+        for p in allocated:
             ctypes.memset(p, 1, size)
-        for p in blocks_:
+        for p in allocated:
             libc.free(p)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
