@@ -5,10 +5,10 @@ on free, and the heap's top is trimmed once more than the trim threshold is free
 frees the same multi-MiB activations and gradients every step, so every step faults them in afresh: 14,600
 minor page faults per step for the document's model at batch 64 (bare loop, 2-core VM), 5 % of the step in
 the kernel. Keeping freed memory in the process — the largest mmap threshold glibc accepts (32 MiB) and a
-4 GiB trim threshold — cut that to about 120 faults per step and the step time by 7–11 %.
+4 GiB trim threshold — cut that to 120–210 faults per step and the step time by 7–11 %.
 Ray Train runs the loop in a second thread, and glibc gives other threads their own arenas, made of 64 MiB
 heaps that it unmaps as soon as one is free, whatever the trim threshold: the same loop in a thread still
-took 12,000–15,000 faults per step. One arena for the whole process (`arena_max=1`) takes that to none and
+took 12,400–15,500 faults per step. One arena for the whole process (`arena_max=1`) takes that to 0–24 and
 the step from 1,064 to 871 ms (1,053 to 940 ms in a second pair). A training process has one busy thread,
 and glibc's per-thread caches serve the small allocations of the others without the arena's lock.
 The cost: a process keeps the memory of its peak, which for a training process is its steady state anyway.
