@@ -235,12 +235,13 @@ def main(modes: tuple[str, ...] = MODES,
     summary = summarise_passes(runs)
     ratio = summary["ray_train_2_vs_ddp_median"]
     ray2 = summary.get("ray_train_2")
+    malloc = malloc_setting()
     result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
         "model": "document widths G 64/128/256, D 64..256 at 32x32, 1 channel",
-        "malloc": malloc_setting(),
+        "malloc": malloc,
         "command": "python -m bench.trainer_bench --modes " + ",".join(modes) + f" --repeats {repeats}"
-                   + (f" --malloc {malloc_setting()}" if malloc_setting() in MALLOC_SETTINGS else ""),
+                   + (f" --malloc {malloc}" if malloc in MALLOC_SETTINGS else ""),
         "runs": runs,
         "summary": summary,
         "ray_train_2_vs_ddp_throughput": ratio,

@@ -10,7 +10,7 @@ Ray Train runs the loop in a second thread, and glibc gives other threads their 
 heaps that it unmaps as soon as one is free, whatever the trim threshold: the same loop in a thread still
 took 12,400–15,500 faults per step. One arena for the whole process (`arena_max=1`) takes that to 0–24 and
 the step from 1,064 to 871 ms (1,053 to 940 ms in a second pair). A training process has one busy thread,
-and glibc's per-thread caches serve the small allocations of the others without the arena's lock.
+and glibc's per-thread caches (tcache, per its manual) serve the others' small allocations without the arena's lock.
 The cost: a process keeps the memory of its peak, which for a training process is its steady state anyway.
 
 glibc reads GLIBC_TUNABLES once, when a process starts, so the setting goes to processes about to be
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's maximum on 64-bit; larger values are ignored
+MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's maximum on 64-bit, per mallopt(3)
 TRIM_THRESHOLD_BYTES = 4 * 1024 * 1024 * 1024
 MALLOC_TUNABLES = (f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD_BYTES}:"
                    f"glibc.malloc.trim_threshold={TRIM_THRESHOLD_BYTES}:glibc.malloc.arena_max=1")
