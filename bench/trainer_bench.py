@@ -71,23 +71,24 @@ def malloc_setting() -> str:
     return next((name for name, v in MALLOC_SETTINGS.items() if v == value), f"GLIBC_TUNABLES={value!r}")
 
 
-def loop_config(data_dir: Path, workers: int) -> dict:
+def loop_config(data_dir: Path, workers: int, steps: int = STEPS) -> dict:
     """The default config with the document's widths, batch 64 per worker, no checkpoints until the end."""
     cfg = load_config(REPO / "configs" / "default.yaml",
                       ["model.g_base_channels=64", "model.d_base_channels=64"])
     return build_loop_config(cfg, data_dir, train_overrides={
-        "num_workers": workers, "batch_size": PER_WORKER_BATCH * workers, "steps": STEPS,
-        "report_every": REPORT_EVERY, "checkpoint_every": 10 * STEPS, "sample_grid_every": 10 * STEPS,
+        "num_workers": workers, "batch_size": PER_WORKER_BATCH * workers, "steps": steps,
+        "report_every": REPORT_EVERY, "checkpoint_every": 10 * steps, "sample_grid_every": 10 * steps,
         "threads_per_worker": 1})
 
 
 def summarise(mode: str, workers: int, wall_s: float, step_times_s: list[float]) -> dict:
+    steps = len(step_times_s)
     steady = sorted(step_times_s[WARMUP:])
     ms_per_step = 1000 * steady[len(steady) // 2]
-    return {"mode": mode, "workers": workers, "batch_per_worker": PER_WORKER_BATCH, "steps": STEPS,
+    return {"mode": mode, "workers": workers, "batch_per_worker": PER_WORKER_BATCH, "steps": steps,
             "ms_per_step": round(ms_per_step, 1),
             "images_per_s": round(1000 * PER_WORKER_BATCH * workers / ms_per_step, 1),
-            "wall_s": round(wall_s, 2), "startup_s": round(wall_s - STEPS * ms_per_step / 1000, 2)}
+            "wall_s": round(wall_s, 2), "startup_s": round(wall_s - steps * ms_per_step / 1000, 2)}
 
 
 def run_bare(data_dir: Path) -> dict:
@@ -119,12 +120,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ddp(data_dir: Path, tmp: Path, world: int = 2) -> dict:
+def run_ddp(data_dir: Path, tmp: Path, world: int = 2, steps: int = STEPS) -> dict:
     import torch.multiprocessing as mp
 
     out = tmp / "ddp.json"
     t0 = time.perf_counter()
-    mp.spawn(_ddp_worker, args=(world, loop_config(data_dir, world), _free_port(), str(out)), nprocs=world)
+    mp.spawn(_ddp_worker, args=(world, loop_config(data_dir, world, steps), _free_port(), str(out)), nprocs=world)
     return summarise("torch_ddp", world, time.perf_counter() - t0, json.loads(out.read_text()))
 
 
@@ -141,9 +142,9 @@ def timed_train_loop(config: dict) -> None:
         Path(config["timeline_file"]).write_text(json.dumps({"entered": entered, "left": time.time()}))
 
 
-def run_ray_train(data_dir: Path, tmp: Path, workers: int, run_name: str) -> dict:
+def run_ray_train(data_dir: Path, tmp: Path, workers: int, run_name: str, steps: int = STEPS) -> dict:
     """run_name: new for every run in `tmp` (a reused one would resume that run's checkpoint)."""
-    config = {**loop_config(data_dir, workers), "timeline_file": str(tmp / f"timeline-{run_name}.json")}
+    config = {**loop_config(data_dir, workers, steps), "timeline_file": str(tmp / f"timeline-{run_name}.json")}
     called = time.time()
     t0 = time.perf_counter()
     # As the train stage runs it: the pipeline's driver owns its local cluster.
@@ -163,7 +164,7 @@ def run_ray_train(data_dir: Path, tmp: Path, workers: int, run_name: str) -> dic
     in_loop = timeline["left"] - timeline["entered"]
     row["startup_breakdown_s"] = {
         "launch_until_loop": round(timeline["entered"] - called, 2),
-        "in_loop_beyond_steady_steps": round(in_loop - STEPS * row["ms_per_step"] / 1000, 2),
+        "in_loop_beyond_steady_steps": round(in_loop - steps * row["ms_per_step"] / 1000, 2),
         "after_loop_until_fit_returns": round(returned - timeline["left"], 2)}
     return row
 
