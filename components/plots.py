@@ -56,14 +56,19 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def _figure(*grid: int, figsize: tuple[float, float]):
+    """A matplotlib Figure and its axes, made without pyplot: pyplot keeps every figure it makes until it is
+    closed, so a long-lived process (a notebook, a test session, repeated DAG runs) would hold them all.
+    A bare Figure is freed with its last reference and renders PNGs with Agg, whatever the backend."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid)
+
+
 def bar_chart(values_by_group: dict[str, list[float]], labels: list[str], title: str, ylabel: str):
     """Grouped bar chart (matplotlib Figure), e.g. class counts per split."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = _figure(figsize=(7, 3.5))
     width = 0.8 / max(len(values_by_group), 1)
     xs = np.arange(len(labels))
     for i, (group, vals) in enumerate(values_by_group.items()):
@@ -79,12 +84,7 @@ def bar_chart(values_by_group: dict[str, list[float]], labels: list[str], title:
 def line_chart(series: dict[str, list[float]], title: str, xlabel: str, x: list[float] | None = None,
                xs: dict[str, list[float]] | None = None, logy: bool = False, markers: bool = False):
     """Line chart (matplotlib Figure) of several series against step, a shared x, or per-series xs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = _figure(figsize=(7, 3.5))
     for name, ys in series.items():
         x_this = (xs or {}).get(name, x if x is not None else range(1, len(ys) + 1))
         ax.plot(x_this, ys, label=name, lw=1, marker="o" if markers else None, ms=3)
@@ -99,12 +99,7 @@ def line_chart(series: dict[str, list[float]], title: str, xlabel: str, x: list[
 
 def scatter_chart(x: list[float], y: list[float], title: str, xlabel: str, ylabel: str, logx: bool = False):
     """Scatter plot (matplotlib Figure); non-finite y values are drawn at the top edge in red."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = _figure(figsize=(5, 3.5))
     finite = [v for v in y if np.isfinite(v)]
     top = (max(finite) * 1.2 if finite else 1.0) or 1.0
     ax.scatter([a for a, b in zip(x, y) if np.isfinite(b)], finite)
@@ -123,12 +118,7 @@ def scatter_chart(x: list[float], y: list[float], title: str, xlabel: str, ylabe
 
 def robustness_figure(d_rows: list[dict], g_rows: list[dict], clf_rows: list[dict]):
     """Three panels over epsilon: D accuracy (FGSM, PGD), G reconstruction deviation, evaluator accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    fig, axes = _figure(1, 3, figsize=(12, 3.5))
     for attack in sorted({r["attack"] for r in d_rows}):
         rows = [r for r in d_rows if r["attack"] == attack]
         axes[0].plot([r["eps"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=attack)
