@@ -15,13 +15,21 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> dict[str, floa
         tr_b = float((feats_b - mu_b).var(0, ddof=1).sum())
     else:
         s_a, s_b = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
-        covmean = linalg.sqrtm(s_a @ s_b)
-        if not np.all(np.isfinite(covmean)):  # near-singular product: regularise as in the reference FID code
-            eye = np.eye(len(s_a)) * 1e-6
-            covmean = linalg.sqrtm((s_a + eye) @ (s_b + eye))
-        tr_covmean, tr_a, tr_b = float(np.trace(covmean.real)), float(np.trace(s_a)), float(np.trace(s_b))
+        tr_covmean, tr_a, tr_b = trace_sqrt_product_psd(s_a, s_b), float(np.trace(s_a)), float(np.trace(s_b))
     fd = float(((mu_a - mu_b) ** 2).sum() + tr_a + tr_b - 2 * tr_covmean)
     return {"fd": max(fd, 0.0)}
+
+
+def trace_sqrt_product_psd(s_a: np.ndarray, s_b: np.ndarray) -> float:
+    """Tr((S_a S_b)^(1/2)) for symmetric positive semi-definite S_a, S_b, singular ones included.
+
+    S_a S_b has the eigenvalues of the symmetric PSD matrix S_a^(1/2) S_b S_a^(1/2), so the trace is the sum
+    of their square roots: two symmetric eigendecompositions. The general sqrtm of S_a S_b that reference FID
+    code uses warns, loses accuracy or turns complex when a covariance is singular (features that never vary,
+    fewer distinct samples than features); rounding's tiny negative eigenvalues are clipped to 0 here."""
+    w, v = linalg.eigh(s_a)
+    root_a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    return float(np.sqrt(np.clip(linalg.eigvalsh(root_a @ s_b @ root_a), 0.0, None)).sum())
 
 
 def trace_sqrt_cov_product(centred_a: np.ndarray, centred_b: np.ndarray) -> float:
