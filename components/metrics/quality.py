@@ -25,8 +25,9 @@ def trace_sqrt_product_psd(s_a: np.ndarray, s_b: np.ndarray) -> float:
 
     S_a S_b has the eigenvalues of the symmetric PSD matrix S_a^(1/2) S_b S_a^(1/2), so the trace is the sum
     of their square roots: two symmetric eigendecompositions. The general sqrtm of S_a S_b that reference FID
-    code uses warns, loses accuracy or turns complex when a covariance is singular (features that never vary,
-    fewer distinct samples than features); rounding's tiny negative eigenvalues are clipped to 0 here."""
+    code uses warns "Matrix is singular ... might be inaccurate" when a covariance is singular (features that
+    never vary, fewer distinct samples than features; seen in this project's tests); rounding's tiny negative
+    eigenvalues are clipped to 0 here."""
     w, v = linalg.eigh(s_a)
     root_a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
     return float(np.sqrt(np.clip(linalg.eigvalsh(root_a @ s_b @ root_a), 0.0, None)).sum())
