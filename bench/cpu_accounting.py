@@ -174,11 +174,14 @@ def measured_run(mode: str, run, delay_s: float = DELAY_S, window_s: float = WIN
     thread.start()
     row = run()
     thread.join()
+    # The window must sit inside the steady steps: after start-up and warm-up, before the loop's end.
+    steady_from = row["startup_s"] + trainer_bench.WARMUP * row["ms_per_step"] / 1000
+    if delay_s < steady_from or delay_s + window_s > row["wall_s"]:
+        raise RuntimeError(f"{mode}: the window {delay_s:.0f}-{delay_s + window_s:.0f} s is not inside the steady "
+                           f"steps ({steady_from:.0f}-{row['wall_s']:.0f} s after launch); change DELAY_S or STEPS")
     if len(taken["pids"]) != 2:
         raise RuntimeError(f"{mode}: found {len(taken['pids'])} training processes in the window, expected 2")
     steps_in_window = taken["window_s"] / (row["ms_per_step"] / 1000)
-    if steps_in_window > row["steps"] - trainer_bench.WARMUP:
-        raise RuntimeError(f"{mode}: the window outlasted the steady steps; raise STEPS")
     own = Path(f"/proc/{os.getpid()}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     accounting = account(taken["before"], taken["after"], taken["cpu_before"], taken["cpu_after"],
                          taken["pids"], steps_in_window, own)

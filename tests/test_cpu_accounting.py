@@ -92,7 +92,7 @@ def test_a_measured_run_finds_both_spawned_workers_and_times_their_window():
             p.start()
         for p in procs:
             p.join()
-        return {"ms_per_step": 100.0, "steps": 40}
+        return {"ms_per_step": 100.0, "steps": 40, "startup_s": 0.5, "wall_s": 4.0}
 
     row = acct.measured_run("torch_ddp", run, delay_s=1.5, window_s=1.0)
     assert 1.0 <= row["window_s"] < 1.5
@@ -101,3 +101,12 @@ def test_a_measured_run_finds_both_spawned_workers_and_times_their_window():
     # two busy processes on this machine's cores: each thread burns most of each 0.1 s "step"
     assert all(s >= 0.02 for s in row["training_thread_cpu_s_per_step"])
     assert row["share"]["training_threads"] > 0.3
+
+
+def test_a_window_outside_the_steady_steps_is_refused():
+    with pytest.raises(RuntimeError, match="not inside the steady steps"):  # the loop ended before the window did
+        acct.measured_run("torch_ddp", lambda: {"ms_per_step": 100.0, "steps": 40, "startup_s": 0.0, "wall_s": 0.15},
+                          delay_s=0.1, window_s=0.1)
+    with pytest.raises(RuntimeError, match="not inside the steady steps"):  # it began during start-up
+        acct.measured_run("torch_ddp", lambda: {"ms_per_step": 100.0, "steps": 40, "startup_s": 1.0, "wall_s": 9.0},
+                          delay_s=0.1, window_s=0.1)
