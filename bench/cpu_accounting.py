@@ -82,7 +82,7 @@ _RAY_SCRIPTS = {"dashboard/dashboard.py": "Ray dashboard", "log_monitor.py": "Ra
                 "Ray autoscaler monitor", "raylet/raylet": "Ray raylet", "gcs/gcs_server": "Ray GCS"}
 
 
-def role_of(cmdline: str, comm: str, own_pid_cmdline: str = "") -> str:
+def role_of(cmdline: str) -> str:
     """A process's role in the accounting, from its command line (kernel threads have none)."""
     if not cmdline:
         return "kernel threads"
@@ -95,13 +95,11 @@ def role_of(cmdline: str, comm: str, own_pid_cmdline: str = "") -> str:
             return role
     if "multiprocessing.spawn" in cmdline:
         return "DDP worker"
-    if own_pid_cmdline and cmdline == own_pid_cmdline:
-        return "benchmark driver"
     return "other: " + Path(cmdline.split()[0]).name
 
 
 def account(before: dict, after: dict, cpu_before: dict[str, int], cpu_after: dict[str, int],
-            trainer_pids: set[int], steps_in_window: float, own_cmdline: str = "") -> dict:
+            trainer_pids: set[int], steps_in_window: float, driver_pid: int | None = None) -> dict:
     """Split the window's machine ticks between the training threads, idle, and everything else by role.
 
     The training thread of a training process is its busiest thread in the window; its other threads are
@@ -124,7 +122,7 @@ def account(before: dict, after: dict, cpu_before: dict[str, int], cpu_after: di
         if key[0] in trainer_pids:
             role = "training processes' gloo threads" if "gloo" in thread.comm else "training processes' other threads"
         else:
-            role = role_of(thread.cmdline, thread.comm, own_cmdline)
+            role = "benchmark driver" if key[0] == driver_pid else role_of(thread.cmdline)
         by_role[role] = by_role.get(role, 0) + ticks
     train_ticks = sum(training.values())
     hz = os.sysconf("SC_CLK_TCK")
@@ -182,9 +180,8 @@ def measured_run(mode: str, run, delay_s: float = DELAY_S, window_s: float = WIN
     if len(taken["pids"]) != 2:
         raise RuntimeError(f"{mode}: found {len(taken['pids'])} training processes in the window, expected 2")
     steps_in_window = taken["window_s"] / (row["ms_per_step"] / 1000)
-    own = Path(f"/proc/{os.getpid()}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     accounting = account(taken["before"], taken["after"], taken["cpu_before"], taken["cpu_after"],
-                         taken["pids"], steps_in_window, own)
+                         taken["pids"], steps_in_window, os.getpid())
     return {**row, "window_s": round(taken["window_s"], 2), "steps_in_window": round(steps_in_window, 1),
             **accounting}
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads 
     ("/process_api --firecracker-init", "other: process_api"),
 ])
 def test_each_process_gets_a_role_from_its_command_line(cmdline, role):
-    assert acct.role_of(cmdline, "comm") == role
+    assert acct.role_of(cmdline) == role
 
 
 def _threads(ticks: dict) -> dict:
