@@ -149,7 +149,8 @@ def run_ray_train(data_dir: Path, tmp: Path, workers: int, run_name: str, steps:
     t0 = time.perf_counter()
     # As the train stage runs it: the pipeline's driver owns its local cluster.
     result = run_torch_trainer(config, tmp / "ray_results", run_name, loop_fn=timed_train_loop,
-                               placement_group_cleaner=not owns_local_cluster())
+                               placement_group_cleaner=not owns_local_cluster(),
+                               autoscaling_requests=not owns_local_cluster())
     if result.error is not None:
         raise RuntimeError(f"ray train failed: {result.error}")
     wall = time.perf_counter() - t0

@@ -12,9 +12,17 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABL
 # sends each worker print to its logger and to stdout, so every progress line showed twice. Ray Train passes
 # both variables on to its controller and workers; a value already in the environment wins.
 TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-# Only for a cluster this process starts: a one-node local cluster is never drained, so Ray Train's
-# preemption watcher (one more Python actor, started while the first steps run) has nothing to watch.
-LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# Only for a cluster this process starts:
+# - a one-node local cluster is never drained, so Ray Train's preemption watcher (one more Python actor,
+#   started while the first steps run) has nothing to watch;
+# - Ray's log monitor looks for new log files (a new worker's) every 0.1 s until there are 1,000 of them,
+#   then every 0.5 s; from the first file on, that halves its CPU (0.3 % of two cores while training) for at
+#   most 0.4 s more before a new worker's first lines reach the driver. Lines of known files still flow
+#   every 0.1 s.
+# - the dashboard reads its own and its eight module processes' CPU and memory (/proc smaps) every 5 s, for
+#   its Prometheus metrics: every 60 s cuts its CPU by half (0.3 % of two cores).
+LOCAL_CLUSTER_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
+                     "METRICS_RECORD_INTERVAL_S": "60"}
 # The GCS address of the local cluster this process started, while it runs (see owns_local_cluster).
 _owned_gcs_address: str | None = None
 
@@ -64,7 +72,7 @@ def ensure_ray(address: str | None, num_cpus: int | None, batch_scheduling: bool
     if address:
         ray.init(address=address, **quiet)
         return False
-    for key, value in LOCAL_TRAIN_ENV.items():
+    for key, value in LOCAL_CLUSTER_ENV.items():
         os.environ.setdefault(key, value)
     # Every process of the cluster keeps the memory it frees (components/training/allocator.py): the workers'
     # steps stop faulting their activations in; the cluster's daemons inherit it too, light on one node.
@@ -75,7 +83,6 @@ def ensure_ray(address: str | None, num_cpus: int | None, batch_scheduling: bool
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
     global _owned_gcs_address
     _owned_gcs_address = ray.get_runtime_context().gcs_address
-    prestart_train_coordinator()
     return True
 
 
@@ -86,18 +93,3 @@ def owns_local_cluster() -> bool:
 
     return (_owned_gcs_address is not None and ray.is_initialized()
             and ray.get_runtime_context().gcs_address == _owned_gcs_address)
-
-
-def prestart_train_coordinator() -> None:
-    """Create Ray Train's autoscaling-coordinator actor now rather than inside the cluster's first run.
-
-    Ray Train's controller creates this detached actor on first use, once its own process has started and
-    imported torch: a fresh process (3 s) in a serial chain on one core while the other idled, which later
-    runs on the same cluster skip. Asked for here, it starts alongside the driver's own work, in a worker Ray
-    prestarted at `ray.init`. Skipped where this Ray has no such actor."""
-    try:
-        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
-            get_or_create_autoscaling_coordinator)
-    except ImportError:
-        return
-    get_or_create_autoscaling_coordinator()

@@ -23,14 +23,16 @@ def helper_actor_counts() -> dict[str, int]:
     from ray.util.state import list_actors
 
     return {name: len(list_actors(filters=[("class_name", "=", name)], limit=10_000))
-            for name in ("DatasetManager", "PlacementGroupCleaner", "PreemptionWatcher")}
+            for name in ("DatasetManager", "PlacementGroupCleaner", "PreemptionWatcher",
+                         "_AutoscalingCoordinatorActor")}
 
 
 def test_two_workers_stay_in_sync_and_match_one_big_batch(ray_cluster, tmp_path):
     helpers_before = helper_actor_counts()
-    # As the train stage runs on the local cluster it owns: without the placement-group cleaner.
+    # As the train stage runs on the local cluster it owns: without the placement-group cleaner, and without
+    # resource requests to the autoscaling coordinator.
     result = run_torch_trainer(ddp_config(tmp_path, 2), tmp_path / "ray_results", "ddp-2",
-                               placement_group_cleaner=False)
+                               placement_group_cleaner=False, autoscaling_requests=False)
     assert result.error is None
     with result.checkpoint.as_directory() as d:
         two = load_checkpoint(d)
@@ -45,8 +47,11 @@ def test_two_workers_stay_in_sync_and_match_one_big_batch(ray_cluster, tmp_path)
             torch.testing.assert_close(two[key][name], tensor, rtol=1e-4, atol=1e-5, msg=f"{key}.{name}")
     assert len(two["trace"]["d_loss"]) == len(state.trace["d_loss"]) == cfg.steps
     # The local cluster's defaults reached Ray Train: no preemption watcher actor was ever started; and the
-    # lean trainer started no dataset manager (no Ray Datasets) and no placement-group cleaner.
-    assert helper_actor_counts() == helpers_before and helpers_before["PreemptionWatcher"] == 0
+    # lean trainer started no dataset manager (no Ray Datasets), no placement-group cleaner, and no autoscaling
+    # coordinator. Every run on the session's cluster goes without one (the pipeline's stages and this file's
+    # runs all do), so the cluster never had it.
+    assert helper_actor_counts() == helpers_before
+    assert helpers_before["PreemptionWatcher"] == helpers_before["_AutoscalingCoordinatorActor"] == 0
 
 
 def test_the_lean_trainer_drops_only_the_helpers_a_run_does_not_use(ray_cluster, tmp_path):
@@ -66,25 +71,10 @@ def test_the_lean_trainer_drops_only_the_helpers_a_run_does_not_use(ray_cluster,
     assert DatasetsCallback in callback_types({**config, "reader": "ray_data"})  # Ray Datasets keep their manager
 
 
-def test_the_session_cluster_is_owned_and_trains_coordinator_is_prestarted(ray_cluster):
-    import time
-
-    from pipeline.ray_edge import owns_local_cluster, prestart_train_coordinator
+def test_the_session_cluster_is_owned(ray_cluster):
+    from pipeline.ray_edge import owns_local_cluster
 
     assert owns_local_cluster()
-    where = {"name": "AutoscalingCoordinator", "namespace": "AutoscalingCoordinator"}
-    ray_cluster.kill(ray_cluster.get_actor(**where), no_restart=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            ray_cluster.get_actor(**where)
-        except ValueError:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail("the killed coordinator kept its name")
-    prestart_train_coordinator()
-    ray_cluster.get_actor(**where)  # raises ValueError if it was not created
 
 
 def test_the_local_clusters_processes_are_batch_scheduled_and_the_driver_is_not(ray_cluster):
@@ -100,6 +90,31 @@ def test_the_local_clusters_processes_are_batch_scheduled_and_the_driver_is_not(
     assert ray_cluster.get(policy.remote()) == os.SCHED_BATCH
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
     assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+
+
+def test_the_local_clusters_daemons_start_with_its_settings(ray_cluster):
+    """The log monitor and the dashboard read these once, at start: look in their own environments."""
+    import os
+    from pathlib import Path
+
+    from pipeline.ray_edge import LOCAL_CLUSTER_ENV
+
+    seen = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            environ = dict(e.split(b"=", 1) for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in e)
+        except OSError:  # gone, or not ours to read
+            continue
+        if int(stat[stat.rindex(")") + 2:].split()[1]) != os.getpid():  # started by this driver's ray.init
+            continue
+        for script in ("log_monitor.py", "dashboard/dashboard.py"):
+            if script.encode() in cmdline:
+                seen[script] = {k: environ.get(k.encode(), b"").decode() for k in LOCAL_CLUSTER_ENV}
+    assert set(seen) == {"log_monitor.py", "dashboard/dashboard.py"}
+    for script, env in seen.items():
+        assert env == LOCAL_CLUSTER_ENV, script
 
 
 def test_use_gpu_without_gpus_is_a_one_line_user_error(ray_cluster):

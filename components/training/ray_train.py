@@ -167,8 +167,9 @@ def progress_line(what: str, step: int, total: int, batch: int, m: dict[str, flo
             f"{m['images_per_s']:.0f} img/s  ETA {eta_s:.0f}s")
 
 
-def lean_torch_trainer_class(placement_group_cleaner: bool = True):
-    """TorchTrainer without the helper actors a run does not use; each is one more Python process to start.
+def lean_torch_trainer_class(placement_group_cleaner: bool = True, autoscaling_requests: bool = True):
+    """TorchTrainer without the helper actors a run does not use; each is one more Python process to start,
+    and one more that wakes 100 times a second while the run trains.
 
     - Ray Train starts a DatasetManager actor for every run, with or without Ray Datasets; without any it
       serves nothing.
@@ -177,14 +178,36 @@ def lean_torch_trainer_class(placement_group_cleaner: bool = True):
       placement group cannot outlive its driver anyway: one started by the driver of a local cluster it
       owns, where a dead controller fails the run and the cluster ends with the driver. Not for a Tune
       trial: a scheduler that stops it early kills its controller while the campaign goes on.
+    - autoscaling_requests=False: a fixed-size run does not register its workers' resources with Ray's
+      autoscaling coordinator, a detached actor its controller creates on first use and that then lives as
+      long as the cluster. The requests tell an autoscaler what to add; on a local cluster its driver
+      started there is none, so the actor only costs a process (0.4 % of two cores in the trainer bench).
+      Elastic runs keep it: they also read back what it reserved.
     Falls back to TorchTrainer where this Ray lays out its callbacks differently."""
     from ray.train.torch import TorchTrainer
 
     try:
         from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
         from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+        from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
     except ImportError:
         return TorchTrainer
+
+    class UnannouncedFixedScalingPolicy(FixedScalingPolicy):
+        """FixedScalingPolicy minus its calls to the autoscaling coordinator (registering on start, renewing
+        every 20 s, cancelling on shutdown): the worker group's own placement group still reserves the CPUs."""
+
+        def after_controller_start(self, train_run_context):
+            pass
+
+        def _maybe_send_resource_request(self):
+            pass
+
+        def _send_resource_request(self):
+            pass
+
+        def _cancel_resource_request(self):
+            pass
 
     class LeanTorchTrainer(TorchTrainer):
         def _create_default_callbacks(self):
@@ -193,17 +216,24 @@ def lean_torch_trainer_class(placement_group_cleaner: bool = True):
                 unused += (PlacementGroupCleanerCallback,)
             return [cb for cb in super()._create_default_callbacks() if not isinstance(cb, unused)]
 
+        def _initialize_and_run_controller(self, **controller_init_kwargs):
+            policy = controller_init_kwargs.get("scaling_policy")
+            if not autoscaling_requests and type(policy) is FixedScalingPolicy:
+                controller_init_kwargs["scaling_policy"] = UnannouncedFixedScalingPolicy(policy.scaling_config)
+            return super()._initialize_and_run_controller(**controller_init_kwargs)
+
     return LeanTorchTrainer
 
 
 def build_torch_trainer(loop_config: dict, storage: Path | str, run_name: str, callbacks: list | None = None,
-                        loop_fn=train_loop_per_worker, placement_group_cleaner: bool = True):
+                        loop_fn=train_loop_per_worker, placement_group_cleaner: bool = True,
+                        autoscaling_requests: bool = True):
     """The TorchTrainer for `loop_fn` (default `train_loop_per_worker`); `run_torch_trainer` fits it.
 
     storage: a local path or a storage URI (s3://...), where Ray Train keeps checkpoints.
     callbacks: Ray Train callbacks, e.g. Tune's TuneReportCallback when a tune trial launches it.
     loop_fn: a wrapper of train_loop_per_worker (the trainer benchmark times the worker side with one).
-    placement_group_cleaner: see `lean_torch_trainer_class`."""
+    placement_group_cleaner, autoscaling_requests: see `lean_torch_trainer_class`."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
 
@@ -211,7 +241,7 @@ def build_torch_trainer(loop_config: dict, storage: Path | str, run_name: str, c
     backend = {"auto": "nccl" if cfg.use_gpu else "gloo"}.get(cfg.backend, cfg.backend)
     storage_path, storage_fs = ray_storage_args(storage)
     datasets = {"train": ray_dataset(loop_config["data_dir"], "train")} if loop_config.get("reader") == "ray_data" else None
-    return lean_torch_trainer_class(placement_group_cleaner)(
+    return lean_torch_trainer_class(placement_group_cleaner, autoscaling_requests)(
         loop_fn,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend=backend),
@@ -231,6 +261,8 @@ def build_torch_trainer(loop_config: dict, storage: Path | str, run_name: str, c
 
 
 def run_torch_trainer(loop_config: dict, storage: Path | str, run_name: str, callbacks: list | None = None,
-                      loop_fn=train_loop_per_worker, placement_group_cleaner: bool = True):
+                      loop_fn=train_loop_per_worker, placement_group_cleaner: bool = True,
+                      autoscaling_requests: bool = True):
     """Fit `build_torch_trainer(...)`; returns the Ray Train Result."""
-    return build_torch_trainer(loop_config, storage, run_name, callbacks, loop_fn, placement_group_cleaner).fit()
+    return build_torch_trainer(loop_config, storage, run_name, callbacks, loop_fn, placement_group_cleaner,
+                               autoscaling_requests).fit()

@@ -56,8 +56,11 @@ def fit_and_collect(ctx: StageContext, config: dict, run_name: str, out_dir: Pat
     storage = ctx.ray_storage()
     if ctx.forced:  # a run with the same name would resume from its latest checkpoint
         Location(join(storage, run_name)).delete()
-    # Driven from the driver of a local cluster it owns, the run's placement group cannot outlive the cluster.
-    result = run_torch_trainer(config, storage, run_name, placement_group_cleaner=not owns_local_cluster())
+    # Driven from the driver of a local cluster it owns, the run's placement group cannot outlive the cluster,
+    # and no autoscaler reads resource requests (see lean_torch_trainer_class).
+    owned = owns_local_cluster()
+    result = run_torch_trainer(config, storage, run_name, placement_group_cleaner=not owned,
+                               autoscaling_requests=not owned)
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}")
     with result.checkpoint.as_directory() as d:

@@ -31,6 +31,7 @@ from components.training.loop import train_steps
 from components.training.ray_train import build_worker_state, run_torch_trainer
 from components.training.state import apply_hyperparameters
 from pipeline.config import SearchDim
+from pipeline.ray_edge import owns_local_cluster
 from pipeline.stages.context import StageContext, read_json
 from pipeline.stages.train import fit_and_collect, loop_config
 
@@ -112,7 +113,7 @@ def _distributed_trial(config: dict, campaign: dict) -> None:
     config["init_checkpoint"] = campaign["warm_start_checkpoint"]
     # Ray Train checkpoints go to the campaign's storage (shared when remote), one run per trial.
     result = run_torch_trainer(config, campaign["trial_storage"], f"train-{tune.get_context().get_trial_id()}",
-                               callbacks=[TuneReportCallback()])
+                               callbacks=[TuneReportCallback()], autoscaling_requests=campaign["autoscaling_requests"])
     if result.error is not None:
         raise RuntimeError(f"trial training failed: {result.error}")
 
@@ -204,7 +205,9 @@ def run_campaign(ctx: StageContext, base: dict):
                 "scoring": scoring_spec(ctx, ctx.input("prepare") / "data"),
                 "checkpoint_every_report": tc.scheduler == "pbt",
                 "warm_start_checkpoint": warm, "warm_start_step": warm_step,
-                "trial_storage": join(ctx.ray_storage(), f"{name}-trials")}  # multi-worker trials' Ray Train runs
+                "trial_storage": join(ctx.ray_storage(), f"{name}-trials"),  # multi-worker trials' Ray Train runs
+                # A local cluster the driver owns has no autoscaler to read resource requests.
+                "autoscaling_requests": not owns_local_cluster()}
     trainable = tune.with_resources(tune.with_parameters(tune_trial, base=base, campaign=campaign),
                                     trial_resources(tc))
     experiment = Location(join(ctx.ray_storage(), name))
