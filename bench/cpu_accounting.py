@@ -35,8 +35,8 @@ from bench import trainer_bench  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 # Long enough that a fixed window after every run's start-up (Ray Train's ≈ 16 s, plus warm-up) still ends
-# inside the loop: 80 steps of ≈ 1.1 s; the window is [DELAY_S, DELAY_S + WINDOW_S] after the run's launch.
-STEPS = 80
+# inside the loop: 100 steps of 0.8-1.1 s; the window is [DELAY_S, DELAY_S + WINDOW_S] after the run's launch.
+STEPS = 100
 DELAY_S = 40.0
 WINDOW_S = 40.0
 
