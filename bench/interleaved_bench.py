@@ -297,7 +297,7 @@ def main(pair: tuple[str, str], cycles: int, segment_s: float, out: Path) -> dic
             wait_for_steps(sides, trainer_bench.WARMUP, 300,
                            lambda: all(c.poll() is None for c in children) and not failures)
             print(f"interleaved bench: {cycles} cycles of {segment_s:.0f}-s segments", flush=True)
-            segments = take_turns(sides, cycles, segment_s)
+            segments = take_turns(sides, cycles, segment_s, log=lambda line: print(line, flush=True))
             stamps = {s.name: read_stamps(s.stamp_file) for s in sides}
         finally:
             for child in children:
