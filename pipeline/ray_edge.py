@@ -19,7 +19,7 @@ TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PRINT
 #   then every 0.5 s; from the first file on, that halves its CPU (0.3 % of two cores while training) for at
 #   most 0.4 s more before a new worker's first lines reach the driver. Lines of known files still flow
 #   every 0.1 s.
-# - the dashboard reads its own and its eight module processes' CPU and memory (/proc smaps) every 5 s, for
+# - the dashboard reads its own and its module processes' CPU and memory (/proc smaps) every 5 s, for
 #   its Prometheus metrics: every 60 s cuts its CPU by half (0.3 % of two cores).
 LOCAL_CLUSTER_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
                      "METRICS_RECORD_INTERVAL_S": "60"}
