@@ -45,9 +45,15 @@ from bench import trainer_bench  # noqa: E402
 RESULTS = REPO / "bench" / "results"
 SEGMENT_S = 12.0
 CYCLES = 16
-# Steps for each run: enough for every cycle's segment plus the shared start-up; both runs are stopped
-# when the cycles are done, whatever step they have reached.
-MAX_STEPS = 2000
+# Steps per run, at most this many a second of its segments, and at least this many: enough for every
+# cycle's segment plus the shared start-up. Both runs are stopped when the cycles are done, wherever they are.
+MAX_STEPS_PER_S = 2.5
+MIN_STEPS = 2000
+
+
+def steps_for(cycles: int, segment_s: float) -> int:
+    """Each side runs cycles x segment_s seconds; a run that ran out of steps would leave cycles empty."""
+    return max(MIN_STEPS, int(MAX_STEPS_PER_S * cycles * segment_s) + 100)
 
 
 class StampedSteps(list):
@@ -110,11 +116,11 @@ def _ddp_stamped_worker(rank: int, world: int, config: dict, port: int) -> None:
     train_steps(state, loss, cfg, cfg.steps, lambda s, m: None)
 
 
-def ddp_child(data_dir: str, stamp_file: str) -> None:
+def ddp_child(data_dir: str, stamp_file: str, steps: int) -> None:
     """The plain-DDP side, run as its own process tree (`--ddp-child`): 2 spawned gloo workers."""
     import torch.multiprocessing as mp
 
-    config = {**trainer_bench.loop_config(Path(data_dir), 2, MAX_STEPS), "stamp_file": stamp_file}
+    config = {**trainer_bench.loop_config(Path(data_dir), 2, steps), "stamp_file": stamp_file}
     mp.spawn(_ddp_stamped_worker, args=(2, config, trainer_bench._free_port()), nprocs=2)
 
 
@@ -268,17 +274,18 @@ def main(pair: tuple[str, str], cycles: int, segment_s: float, out: Path) -> dic
 
         prepare_dataset(load_config(REPO / "configs" / "default.yaml").data, tmp / "data")
         children, sides, failures = [], [], []
+        steps = steps_for(cycles, segment_s)
         for i, kind in enumerate(pair):
             name = f"{kind}_{i}" if pair[0] == pair[1] else kind
             stamp_file = tmp / f"{name}.steps"
             if kind == "ddp":
                 child = subprocess.Popen([sys.executable, "-m", "bench.interleaved_bench", "--ddp-child",
-                                          str(tmp / "data"), str(stamp_file)], cwd=REPO)
+                                          str(tmp / "data"), str(stamp_file), str(steps)], cwd=REPO)
                 children.append(child)
                 sides.append(Side(name, stamp_file, lambda c=child: tree(c.pid)))
             else:
                 ensure_ray(None, 2)
-                config = {**trainer_bench.loop_config(tmp / "data", 2, MAX_STEPS), "stamp_file": str(stamp_file)}
+                config = {**trainer_bench.loop_config(tmp / "data", 2, steps), "stamp_file": str(stamp_file)}
 
                 def fit(config=config):
                     try:
@@ -328,7 +335,7 @@ if __name__ == "__main__":
     import argparse
 
     if sys.argv[1:2] == ["--ddp-child"]:
-        ddp_child(sys.argv[2], sys.argv[3])
+        ddp_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pair", default="ddp,ray", help="ddp,ray (the comparison) or ddp,ddp (an A/A check)")

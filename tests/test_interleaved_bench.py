@@ -118,3 +118,9 @@ def test_bad_arguments_are_usage_errors(args, message):
     done = subprocess.run([sys.executable, "-m", "bench.interleaved_bench", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and message in done.stderr
+
+
+def test_each_run_has_steps_for_all_its_segments():
+    assert ib.steps_for(16, 12.0) == ib.MIN_STEPS
+    # 400 cycles of 12 s: 4,800 s per side, at up to 2.5 steps a second.
+    assert ib.steps_for(400, 12.0) == 12_100

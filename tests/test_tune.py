@@ -128,8 +128,16 @@ def test_pbt_trials_train_with_their_mutated_values(ray_cluster, tune_tmp):
 
 
 def test_multi_worker_trials_run_a_torch_trainer(ray_cluster, tune_tmp):
+    from ray.util.state import list_actors
+
+    def coordinators_ever() -> int:
+        return len(list_actors(filters=[("class_name", "=", "_AutoscalingCoordinatorActor")], limit=10_000))
+
+    coordinators_before = coordinators_ever()
     out, _ = _run_until_tune(tune_tmp, "multi-worker", "tune.steps=20", "tune.report_every=10",
                           'tune.search_space={"train.lr_g": {type: grid, values: [0.0002]}}')
+    # On the local cluster the driver owns, the trial's Ray Train run made no autoscaling requests.
+    assert coordinators_ever() == coordinators_before
     trial_dir = next(d for d in _experiment(tune_tmp, out).iterdir() if d.is_dir())
     last = _result_lines(trial_dir)[-1]
     assert len(last["worker_nodes"]) == 2 and last["ranks_in_sync"] == 1.0
