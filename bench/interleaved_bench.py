@@ -83,8 +83,6 @@ def stamp_rank0(state, rank: int, stamp_file: str) -> None:
 
 def ray_stamped_loop(config: dict) -> None:
     """train_loop_per_worker with rank 0's step times stamped (patched in this worker process only)."""
-    import ray.train
-
     from components.training import ray_train
 
     build = ray_train.build_worker_state
@@ -95,23 +93,13 @@ def ray_stamped_loop(config: dict) -> None:
         return state, cfg, loss
 
     ray_train.build_worker_state = stamped_build
-    assert ray.train.get_context().get_world_size() == 2
     ray_train.train_loop_per_worker(config)
 
 
 def _ddp_stamped_worker(rank: int, world: int, config: dict, port: int) -> None:
-    import torch
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
     from components.training.loop import train_steps
-    from components.training.ray_train import build_worker_state, quiet_ddp_stride_warning
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    quiet_ddp_stride_warning()
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    state, cfg, loss = build_worker_state(config, rank, world, wrap=DistributedDataParallel)
+    state, cfg, loss = trainer_bench.ddp_worker_state(rank, world, config, port)
     stamp_rank0(state, rank, config["stamp_file"])
     train_steps(state, loss, cfg, cfg.steps, lambda s, m: None)
 

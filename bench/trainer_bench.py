@@ -99,7 +99,8 @@ def run_bare(data_dir: Path) -> dict:
     return summarise("bare", 1, time.perf_counter() - t0, state.trace["step_time_s"])
 
 
-def _ddp_worker(rank: int, world: int, config: dict, port: int, out: str) -> None:
+def ddp_worker_state(rank: int, world: int, config: dict, port: int):
+    """One plain-DDP rank's process group (gloo on 127.0.0.1:port) and its (state, cfg, loss), one thread."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
@@ -107,7 +108,13 @@ def _ddp_worker(rank: int, world: int, config: dict, port: int, out: str) -> Non
     quiet_ddp_stride_warning()
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    state, cfg, loss = build_worker_state(config, rank, world, wrap=DistributedDataParallel)
+    return build_worker_state(config, rank, world, wrap=DistributedDataParallel)
+
+
+def _ddp_worker(rank: int, world: int, config: dict, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    state, cfg, loss = ddp_worker_state(rank, world, config, port)
     train_steps(state, loss, cfg, cfg.steps, lambda s, m: None)
     if rank == 0:
         Path(out).write_text(json.dumps(state.trace["step_time_s"]))
