@@ -49,11 +49,12 @@ class ThreadTicks:
     ticks: int  # user + system, in USER_HZ ticks
 
 
-def _read_thread(pid: str, tid: str) -> tuple[str, int, int]:
-    stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+def read_stat(path: str) -> tuple[str, int, int]:
+    """A /proc stat file's (comm, ppid, utime + stime ticks); a process's counts all its threads, live or gone."""
+    stat = Path(path).read_text()
     comm = stat[stat.index("(") + 1:stat.rindex(")")]
     fields = stat[stat.rindex(")") + 2:].split()
-    return comm, int(fields[1]), int(fields[11]) + int(fields[12])  # ppid, utime + stime
+    return comm, int(fields[1]), int(fields[11]) + int(fields[12])
 
 
 def snapshot() -> dict[tuple[int, int], ThreadTicks]:
@@ -63,7 +64,7 @@ def snapshot() -> dict[tuple[int, int], ThreadTicks]:
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
             for tid in os.listdir(f"/proc/{pid}/task"):
-                comm, ppid, ticks = _read_thread(pid, tid)
+                comm, ppid, ticks = read_stat(f"/proc/{pid}/task/{tid}/stat")
                 out[(int(pid), int(tid))] = ThreadTicks(cmdline, comm, ppid, ticks)
         except (FileNotFoundError, ProcessLookupError, ValueError):  # it ended while we read it
             continue

@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import trainer_bench  # noqa: E402
+from bench.cpu_accounting import machine_ticks, read_stat  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 SEGMENT_S = 12.0
@@ -148,11 +149,9 @@ def process_ticks() -> dict[int, int]:
     out = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
+            out[int(pid)] = read_stat(f"/proc/{pid}/stat")[2]
         except (FileNotFoundError, ProcessLookupError):
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        out[int(pid)] = int(fields[11]) + int(fields[12])
     return out
 
 
@@ -175,8 +174,6 @@ def take_turns(sides: list[Side], cycles: int, segment_s: float, log=print) -> l
     where the machine's CPU went in it (see where_ticks_went).
 
     Order within a cycle is ABBA over pairs of cycles (A B, B A, A B, ...)."""
-    from bench.cpu_accounting import machine_ticks
-
     segments = []
     try:
         for cycle in range(cycles):

@@ -16,11 +16,11 @@ TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PRINT
 # - a one-node local cluster is never drained, so Ray Train's preemption watcher (one more Python actor,
 #   started while the first steps run) has nothing to watch;
 # - Ray's log monitor looks for new log files (a new worker's) every 0.1 s until there are 1,000 of them,
-#   then every 0.5 s; from the first file on, that halves its CPU (0.3 % of two cores while training) for at
-#   most 0.4 s more before a new worker's first lines reach the driver. Lines of known files still flow
-#   every 0.1 s.
+#   then every 0.5 s; from the first file on, that cut its CPU while training from 48-51 to 20-21 of 8,000
+#   ticks (0.35 % of two cores), for at most 0.4 s more before a new worker's first lines reach the driver
+#   (by the code). Lines of known files still flow every 0.1 s.
 # - the dashboard reads its own and its module processes' CPU and memory (/proc smaps) every 5 s, for
-#   its Prometheus metrics: every 60 s cuts its CPU by half (0.3 % of two cores).
+#   its Prometheus metrics: every 60 s cut its CPU while training from 45-51 to 22-28 of 8,000 ticks.
 LOCAL_CLUSTER_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
                      "METRICS_RECORD_INTERVAL_S": "60"}
 # The GCS address of the local cluster this process started, while it runs (see owns_local_cluster).

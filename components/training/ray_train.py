@@ -181,7 +181,8 @@ def lean_torch_trainer_class(placement_group_cleaner: bool = True, autoscaling_r
     - autoscaling_requests=False: a fixed-size run does not register its workers' resources with Ray's
       autoscaling coordinator, a detached actor its controller creates on first use and that then lives as
       long as the cluster. The requests tell an autoscaler what to add; on a local cluster its driver
-      started there is none, so the actor only costs a process (0.4 % of two cores in the trainer bench).
+      started there is none, so the actor only costs a process (0.4 % of two cores while training, in
+      bench.cpu_accounting).
       Elastic runs keep it: they also read back what it reserved.
     Falls back to TorchTrainer where this Ray lays out its callbacks differently."""
     from ray.train.torch import TorchTrainer
