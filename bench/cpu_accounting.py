@@ -153,6 +153,9 @@ def trainer_pids(mode: str) -> set[int]:
     return found
 
 
+SAMPLER_THREAD = "cpu-accounting-sampler"
+
+
 def measured_run(mode: str, run, delay_s: float = DELAY_S, window_s: float = WINDOW_S) -> dict:
     """Run `run()` (a 2-worker benchmark run) while a thread snapshots the machine at delay_s and delay_s + window_s."""
     taken: dict = {}
@@ -169,7 +172,7 @@ def measured_run(mode: str, run, delay_s: float = DELAY_S, window_s: float = WIN
         taken["after"], taken["cpu_after"] = snapshot(), machine_ticks()
         taken["window_s"] = (t2 + time.perf_counter()) / 2 - (t0 + t1) / 2
 
-    thread = threading.Thread(target=sampler, daemon=True)
+    thread = threading.Thread(target=sampler, daemon=True, name=SAMPLER_THREAD)
     thread.start()
     row = run()
     thread.join()

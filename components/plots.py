@@ -22,6 +22,15 @@ def image_grid(images_nchw: torch.Tensor, nrow: int, scale: int = 2, pad: int = 
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
 
 
+def class_rows_grid(per_class: list[torch.Tensor], ncol: int) -> Image.Image:
+    """One row per class: its first `ncol` images (N_c, C, H, W) in [-1, 1]. A class with fewer images, as a
+    long tail's rarest often has, leaves the rest of its row blank (white, like the padding)."""
+    c, h, w = next(x for x in per_class if len(x)).shape[1:]
+    blank = torch.ones(ncol, c, h, w)
+    rows = [torch.cat([x[:ncol].float(), blank[: max(0, ncol - len(x))]]) for x in per_class]
+    return image_grid(torch.cat(rows), ncol)
+
+
 @torch.no_grad()
 def class_sample_grid(G: torch.nn.Module, num_classes: int, z_fixed: torch.Tensor) -> Image.Image:
     """One row per class, one column per fixed noise vector: G.generate(z, y) in eval mode."""

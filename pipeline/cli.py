@@ -49,9 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="regenerate a pipeline run's HTML report from MLflow")
     report.add_argument("run_id", help="the pipeline's parent run id")
     report.add_argument("--out", default="report.html", help="output HTML file")
-    report.add_argument("--config", default="configs/default.yaml", help="config for the tracking URI")
-    report.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    _settings_arguments(report)
 
     promote = _registry_parser(sub, "promote", "judge a registered version by the gates; move aliases")
     promote.add_argument("--version", required=True, help="model version to judge")
@@ -70,10 +68,17 @@ def _registry_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_text)
     p.add_argument("--model", required=True,
                    help="registered model name (generate: a URI such as models:/NAME@champion; evaluate: that, a run id or a checkpoint path)")
-    p.add_argument("--config", default="configs/default.yaml", help="config for tracking URI and gates")
+    _settings_arguments(p)
+    return p
+
+
+def _settings_arguments(p: argparse.ArgumentParser) -> None:
+    """What the registry and report commands need: a tracking URI; a config only to override settings."""
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
+    p.add_argument("--config", help="config file to take settings from (default: the config logged with the "
+                                    "model's run, else built-in defaults)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-    return p
 
 
 def env_overrides(environ=os.environ) -> list[str]:
@@ -149,20 +154,11 @@ def print_summary(s: dict) -> None:
         print(f"browse              : mlflow ui --backend-store-uri {uri}")
 
 
-def _with_config(fn):
-    def run(args) -> int:
-        from pipeline.config import load_config
-
-        return fn(args, load_config(args.config, env_overrides() + args.set))
-    return run
-
-
 def _registry_commands() -> dict:
     from pipeline import registry_commands as rc
 
-    return {"promote": _with_config(rc.cmd_promote), "rollback": _with_config(rc.cmd_rollback),
-            "generate": _with_config(rc.cmd_generate), "report": _with_config(rc.cmd_report),
-            "evaluate": _with_config(rc.cmd_evaluate)}
+    return {"promote": rc.cmd_promote, "rollback": rc.cmd_rollback, "generate": rc.cmd_generate,
+            "report": rc.cmd_report, "evaluate": rc.cmd_evaluate}
 
 
 def cmd_submit(args) -> int:

@@ -83,6 +83,8 @@ class TuneConfig(Section):
     scheduler: Literal["asha", "pbt", "none"] = Field(
         "asha", description="asha stops unstable trials early; pbt mutates (log)uniform and choice dimensions.")
     pbt_interval: int = Field(2, ge=1, description="PBT: reports between exploit/explore steps.")
+    pbt_synch: bool = Field(False, description="PBT: every trial waits at each exploit/explore step, so which "
+                            "trials are exploited does not depend on which one reports first (reproducible, slower).")
     search_alg: Literal["basic", "optuna"] = Field(
         "basic", description="basic: Tune's grid/random variants; optuna: TPE (pip install -e .[optuna]).")
     trial_workers: int = Field(

@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 
 from components.errors import UserError
+from pipeline.command_config import command_config, tracking_uri_of
+from pipeline.tracking import absolute_tracking_uri
 
 
 def _client(cfg):
@@ -14,6 +16,15 @@ def _client(cfg):
 
     uri, _ = setup_tracking(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
     return MlflowClient(uri)
+
+
+def _version_run_id(args) -> str:
+    """The run that logged model version --version of --model (its config holds the gates it was made under)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(absolute_tracking_uri(tracking_uri_of(args)))
+    _require_version(client, args.model, str(args.version))
+    return client.get_model_version(args.model, str(args.version)).run_id
 
 
 def _require_version(client, name: str, version: str) -> None:
@@ -26,11 +37,13 @@ def _require_version(client, name: str, version: str) -> None:
                         "(check --model/--version and MLFLOW_TRACKING_URI)") from None
 
 
-def cmd_promote(args, cfg) -> int:
-    """Judge a registered version by the configured gates; move aliases unless --dry-run."""
+def cmd_promote(args) -> int:
+    """Judge a registered version by the gates (of --config, else of the config the version was made under);
+    move aliases unless --dry-run."""
     from components.promotion import decide
     from pipeline.stages.promote import print_decision
 
+    cfg = command_config(args, _version_run_id(args))
     client = _client(cfg)
     _require_version(client, args.model, str(args.version))
     decision = decide(client, args.model, str(args.version), cfg.promote.gates.model_dump(), args.dry_run)
@@ -41,16 +54,16 @@ def cmd_promote(args, cfg) -> int:
     return 0
 
 
-def cmd_rollback(args, cfg) -> int:
+def cmd_rollback(args) -> int:
     """champion -> previous-champion."""
     from components.promotion import rollback
 
-    old, new = rollback(_client(cfg), args.model)
+    old, new = rollback(_client(command_config(args)), args.model)
     print(f"{args.model}: champion moved from version {old} back to version {new}")
     return 0
 
 
-def cmd_generate(args, cfg) -> int:
+def cmd_generate(args) -> int:
     """Sample a per-class grid PNG from a registered model URI (models:/NAME@alias or models:/NAME/V)."""
     import mlflow
     import pandas as pd
@@ -58,7 +71,7 @@ def cmd_generate(args, cfg) -> int:
 
     from components.plots import image_grid
 
-    _client(cfg)
+    _client(command_config(args))
     try:
         model = mlflow.pyfunc.load_model(args.model)
     except mlflow.exceptions.MlflowException as err:
@@ -74,7 +87,7 @@ def cmd_generate(args, cfg) -> int:
     return 0
 
 
-def cmd_report(args, cfg) -> int:
+def cmd_report(args) -> int:
     """Rebuild the HTML report of a pipeline run from its stages' MLflow artifacts."""
     import tempfile
 
@@ -82,6 +95,7 @@ def cmd_report(args, cfg) -> int:
 
     from pipeline.report import build_html, sources_from_mlflow
 
+    cfg = command_config(args)
     client = _client(cfg)
     try:
         client.get_run(args.run_id)
@@ -97,6 +111,29 @@ def cmd_report(args, cfg) -> int:
     out.write_text(page)
     print(f"wrote {out}")
     return 0
+
+
+def model_run_id(ref: str) -> str | None:
+    """The MLflow run behind a model reference: a run id, runs:/ID/..., or a registered version
+    (models:/NAME/V, models:/NAME@alias); None for a checkpoint file."""
+    import re
+
+    import mlflow
+
+    if re.fullmatch(r"[0-9a-f]{32}", ref):
+        return ref
+    if ref.startswith("runs:/"):
+        return ref.removeprefix("runs:/").split("/", 1)[0]
+    match = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))", ref)
+    if match is None:
+        return None
+    client = mlflow.tracking.MlflowClient()
+    name, version, alias = match.groups()
+    try:
+        mv = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None  # load_any_model has already said what is wrong with the reference
+    return mv.run_id
 
 
 def load_any_model(ref: str):
@@ -127,16 +164,18 @@ def load_any_model(ref: str):
     return load_generator_file(weights), None
 
 
-def cmd_evaluate(args, cfg) -> int:
-    """Evaluate any saved model on the config's (cached or freshly prepared) data, outside the DAG."""
+def cmd_evaluate(args) -> int:
+    """Evaluate any saved model outside the DAG, on the data and evaluation settings of --config, else of the
+    config its run was made under (cached or freshly prepared data)."""
     import os
     import shutil
 
     from pipeline.runner import run_pipeline
     from pipeline.stages.evaluate import evaluate_models
 
-    _client(cfg)  # sets the tracking URI that models:/ and runs:/ resolve against
+    _client(command_config(args))  # sets the tracking URI that models:/ and runs:/ resolve against
     G, D = load_any_model(args.model)
+    cfg = command_config(args, model_run_id(args.model))
     data_dir = Path(run_pipeline(cfg, until="prepare")["stage_dirs"]["prepare"]) / "data"
     out = Path(args.out).resolve()
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"

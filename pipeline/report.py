@@ -86,7 +86,9 @@ def build_html(sources: dict[str, Path], title: str) -> str:
         "<h2>Tuning</h2>", _table(_csv(sources.get("tune"), "results.csv")), "<div class='imgs'>",
         *[_img(sources.get("tune"), n, n[:-4].replace("_", " ")) for n in
           ("score_vs_lr.png", "score_vs_batch.png", "score_traces.png")], "</div>",
-        "<h2>Evaluation</h2>", _table(headline), _table(_csv(sources.get("evaluate"), "per_class.csv")),
+        "<h2>Evaluation</h2>", _table(headline),
+        *(f"<p class='note'>Note: {html.escape(note)}</p>" for note in evaluation.get("notes", [])),
+        _table(_csv(sources.get("evaluate"), "per_class.csv")),
         "<div class='imgs'>", _img(sources.get("evaluate"), "samples.png", "generated samples, one row per class"),
         _img(sources.get("evaluate"), "generated_classes.png", "generated class histogram"),
         _img(sources.get("evaluate"), "robustness_curves.png", "robustness under attack"), "</div>",

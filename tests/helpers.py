@@ -29,3 +29,23 @@ def fresh_state(loop_config: dict):
     """(state, train_cfg, loss) for rank 0 of 1, with one intra-op thread for reproducibility."""
     torch.set_num_threads(1)
     return build_worker_state(loop_config, rank=0, world=1)
+
+
+def write_longtail_folder(root: Path, counts: list[int], seed: int = 0) -> Path:
+    """An image folder root/<class>/<n>.png of RGB 32x32 digits (the bundled glyphs in random colours), class c
+    holding counts[c] images: a user's long-tailed folder, made on any machine."""
+    from PIL import Image
+
+    from components.data.config import DataConfig
+    from components.data.sources import load_color_digits_source
+
+    raw = load_color_digits_source(DataConfig(source="color_digits", channels=3, seed=seed))
+    for c, n in enumerate(counts):
+        folder = root / f"class_{c:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        picked = raw.images_nhwc[raw.labels == c % len(raw.class_names)]
+        if len(picked) < n:
+            raise ValueError(f"class {c}: asked for {n} images, the bundled digits have {len(picked)}")
+        for i, image in enumerate(picked[:n]):
+            Image.fromarray(image).resize((32, 32), Image.NEAREST).save(folder / f"{i:04d}.png")
+    return root

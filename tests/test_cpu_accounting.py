@@ -59,43 +59,62 @@ def test_the_comparison_splits_throughput_into_share_and_cpu_per_step():
 
 
 def test_a_snapshot_sees_a_busy_thread_of_this_process():
-    done = threading.Event()
+    ready, go, burnt, done = threading.Event(), threading.Event(), threading.Event(), threading.Event()
     tids = []
 
     def spin():
         tids.append(threading.get_native_id())
-        while not done.is_set():
+        ready.set()
+        go.wait()
+        start = time.thread_time()
+        while time.thread_time() - start < 0.6:  # 0.6 s of CPU, however much wall time that takes here
             pass
+        burnt.set()
+        done.wait()  # alive for the second snapshot, which reads live threads only
 
     worker = threading.Thread(target=spin)
     worker.start()
-    while not tids:
-        time.sleep(0.01)
+    ready.wait()
     before = acct.snapshot()
-    time.sleep(0.6)
+    go.set()
+    burnt.wait()
     after = acct.snapshot()
     done.set()
     worker.join()
     key = (os.getpid(), tids[0])
-    assert after[key].ticks - before[key].ticks >= 0.2 * os.sysconf("SC_CLK_TCK")  # ≥ 0.2 s of its 0.6 s
+    assert after[key].ticks - before[key].ticks >= 0.5 * os.sysconf("SC_CLK_TCK")  # its 0.6 s, in whole ticks
 
 
-# Run by builtins.exec in each spawned child, so the child imports nothing of ours (no torch: a fast start).
-BURN = "import time\nend = time.perf_counter() + 3.5\nwhile time.perf_counter() < end:\n    pass\n"
+def _burn_until(stop: str, ready: str) -> str:
+    """Source for a spawned child (run by builtins.exec, so it imports nothing of ours): say so, then spin."""
+    return (f"import os\nopen({ready!r}, 'w').close()\n"
+            f"while not os.path.exists({stop!r}):\n    pass\n")
 
 
-def test_a_measured_run_finds_both_spawned_workers_and_times_their_window():
-    def run():
-        ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=exec, args=(BURN,)) for _ in range(2)]
-        for p in procs:
-            p.start()
+def test_a_measured_run_finds_both_spawned_workers_and_times_their_window(tmp_path):
+    # Both workers spin from before the run is measured until its window has closed: the test, not the
+    # machine's speed, decides that they are alive and busy for the whole window.
+    ctx = multiprocessing.get_context("spawn")
+    stop = tmp_path / "stop"
+    procs = [ctx.Process(target=exec, args=(_burn_until(str(stop), str(tmp_path / f"ready-{i}")),)) for i in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        while len(list(tmp_path.glob("ready-*"))) < 2:
+            time.sleep(0.01)
+
+        def run():
+            next(t for t in threading.enumerate() if t.name == acct.SAMPLER_THREAD).join()
+            return {"ms_per_step": 100.0, "steps": 40, "startup_s": 0.5, "wall_s": 4.0}
+
+        row = acct.measured_run("torch_ddp", run, delay_s=1.5, window_s=1.0)
+    finally:
+        stop.touch()
         for p in procs:
             p.join()
-        return {"ms_per_step": 100.0, "steps": 40, "startup_s": 0.5, "wall_s": 4.0}
-
-    row = acct.measured_run("torch_ddp", run, delay_s=1.5, window_s=1.0)
-    assert 1.0 <= row["window_s"] < 1.5
+    # The window is the 1-s sleep between two snapshots, timed at their midpoints: a snapshot's own length
+    # moves it by half of that, either way.
+    assert 0.9 <= row["window_s"] < 1.5
     assert row["steps_in_window"] == pytest.approx(row["window_s"] / 0.1, abs=0.1)
     assert len(row["training_thread_cpu_s_per_step"]) == 2
     # two busy processes on this machine's cores: each thread burns most of each 0.1 s "step"

@@ -205,3 +205,87 @@ def test_nearest_neighbour_memorisation_tells_copies_from_new_draws():
     # Half copies, half fresh: the copy share sees the copied half.
     mixed = memorisation(np.concatenate([copies, rng.normal(size=(500, 8))]), train, heldout)
     assert 0.48 < mixed["copy_share"] < 0.56
+
+
+# Section: the rarest classes. The split's minimum leaves a tail class one training image (and one each for
+# val and test); each per-class metric must give a defined value or an explicit NaN at n = 1 and n = 2.
+def _tail_case(n_rare: int, seed: int = 0):
+    """Features (F = 16) of a head class (40 images) and a rare class (n_rare), real and generated."""
+    rng = np.random.default_rng(seed)
+    real = np.concatenate([rng.normal(0, 1, (40, 16)), rng.normal(3, 1, (n_rare, 16))])
+    labels = np.array([0] * 40 + [1] * n_rare)
+    return real, labels
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_intra_class_fd_of_a_rare_class(n):
+    real, labels = _tail_case(n)
+    fake = np.random.default_rng(1).normal(0, 1, (20, 16))
+    out = QUALITY_METRICS["intra_class_fd"](real, labels, fake, np.array([0] * 10 + [1] * 10), 2)
+    assert np.isfinite(out["fcd_class_0"])
+    if n == 1:  # one image has no covariance: undefined, said as NaN
+        assert math.isnan(out["fcd_class_1"])
+    else:
+        assert np.isfinite(out["fcd_class_1"]) and out["fcd_class_1"] > 0
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_frechet_distance_between_tiny_sets(n):
+    a = np.random.default_rng(0).normal(0, 1, (n, 16))
+    fd = QUALITY_METRICS["frechet_distance"](a, a + 1.0)["fd"]
+    if n == 2:  # same covariance, means 1 apart in each of 16 dims
+        assert fd == pytest.approx(16.0, rel=1e-6)
+    else:  # one image has no covariance
+        assert math.isnan(fd)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_head_tail_gap_leaves_out_and_counts_undefined_classes(n):
+    per_class = {"fcd_class_0": 10.0, "fcd_class_1": 30.0 if n == 2 else math.nan, "fcd_class_2": 50.0}
+    out = QUALITY_METRICS["head_tail_gap"](per_class, "fcd", [0], [1, 2])
+    assert out["tail_fcd"] == (40.0 if n == 2 else 50.0)
+    assert out["tail_fcd_undefined"] == (0.0 if n == 2 else 1.0) and out["head_fcd_undefined"] == 0.0
+    assert out["tail_head_fcd_ratio"] == out["tail_fcd"] / 10.0
+
+
+def test_head_tail_gap_of_a_group_with_no_defined_class_is_nan():
+    out = QUALITY_METRICS["head_tail_gap"]({"fcd_class_0": 10.0, "fcd_class_1": math.nan}, "fcd", [0], [1])
+    assert math.isnan(out["tail_fcd"]) and math.isnan(out["tail_head_fcd_ratio"])
+    assert out["tail_fcd_undefined"] == 1.0
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_class_recall_and_histogram_of_a_rarely_requested_class(n):
+    requested = np.array([0] * 10 + [1] * n)
+    predicted = np.array([0] * 10 + [1] * (n - 1) + [0])  # the rare class's last sample is misread
+    recall = QUALITY_METRICS["class_recall"](predicted, requested, 2)
+    assert recall["recall_class_1"] == (n - 1) / n and recall["recall_class_0"] == 1.0
+    hist = QUALITY_METRICS["class_histogram"](predicted, 2)
+    assert hist["share_class_1"] == pytest.approx((n - 1) / (10 + n))
+    # generated share 0 or 1/12, under a quarter of the uniform target's 1/2: the rare class is not covered
+    assert np.isfinite(hist["class_kl"]) and hist["classes_covered"] == 1.0
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_class_reweighted_frechet_with_a_rare_class(n):
+    real, labels = _tail_case(n)
+    out = QUALITY_METRICS["class_reweighted_frechet_distance"](real, labels, np.array([0.5, 0.5]), real)
+    assert np.isfinite(out["fd"]) and out["fd"] > 0  # the rare class gets half the mass from n images
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_nearest_neighbour_memorisation_with_tiny_held_out_sets(n):
+    rng = np.random.default_rng(0)
+    train = rng.normal(0, 1, (30, 8))
+    out = QUALITY_METRICS["nearest_neighbour_memorisation"](train[:5].copy(), train, rng.normal(0, 1, (n, 8)))
+    assert out["nn_distance_ratio"] == 0.0 and out["copy_share"] == 1.0  # copies, even against 1 or 2 references
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_manifold_and_kernel_metrics_on_sets_too_small_are_nan(n):
+    small = np.random.default_rng(0).normal(0, 1, (n, 8))
+    big = np.random.default_rng(1).normal(0, 1, (50, 8))
+    prdc = QUALITY_METRICS["precision_recall_density_coverage"](small, big, 5)
+    assert all(math.isnan(v) for v in prdc.values())
+    kid = QUALITY_METRICS["kernel_inception_distance"](small, big, subsets=2, subset_size=10)
+    assert math.isnan(kid["kid"]) if n == 1 else np.isfinite(kid["kid"])

@@ -181,3 +181,44 @@ def test_evaluate_command_takes_any_saved_model(smoke_run, tmp_path, capsys, whi
         assert evaluation[f"nn_distance_ratio_{space}"] > 0 and 0 <= evaluation[f"copy_share_{space}"] <= 1
     assert (out / "nearest_neighbours.png").stat().st_size > 0
     assert ("d_fgsm_accuracy" in evaluation) == (which == "checkpoint")  # registry models hold no D
+
+
+def test_registry_and_report_commands_run_from_anywhere(smoke_run, tmp_path, monkeypatch, capsys):
+    """From a directory with no configs/: a tracking URI is all they need; the gates come from the config
+    logged with the version's run (smoke's max_fcd gate; the built-in defaults have none)."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.cli import main
+    from tests.conftest import REPO
+
+    summary = smoke_run["summary"]
+    name, version, uri = summary["model_name"], str(summary["model_version"]), summary["tracking_uri"]
+    anywhere = tmp_path / "anywhere"
+    anywhere.mkdir()
+    monkeypatch.chdir(anywhere)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    assert main(["generate", "--model", f"models:/{name}@challenger", "--out", "g.png"]) == 2
+    assert "no tracking URI" in capsys.readouterr().err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["promote", "--model", name, "--version", version, "--dry-run"]) == 0
+    assert "promote gate max_fcd" in capsys.readouterr().out
+    assert main(["report", summary["parent_run_id"], "--out", "r.html"]) == 0
+    assert "<div id='promotion'><table>" in (anywhere / "r.html").read_text()
+    assert main(["evaluate", "--model", f"models:/{name}/{version}", "--out", "ev"]) == 0
+    assert (anywhere / "ev" / "evaluation.json").is_file()
+    assert main(["rollback", "--model", name]) == 2  # it reached the registry: one version, nothing to go back to
+    assert "previous-champion" in capsys.readouterr().err
+    assert not (anywhere / "configs").exists()
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    ganpipe = REPO / ".venv" / "bin" / "ganpipe"
+    for cmd in ([str(ganpipe)], [sys.executable, "-m", "pipeline"]):
+        out = anywhere / f"grid-{len(cmd)}.png"
+        done = subprocess.run([*cmd, "generate", "--model", f"models:/{name}@challenger", "--tracking-uri", uri,
+                               "--per-class", "2", "--out", out.name], cwd=anywhere, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert out.stat().st_size > 0

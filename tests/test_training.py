@@ -18,11 +18,36 @@ def data_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("golden") / "data"
 
 
+# Different CPU models and math-library kernels round differently: another machine of this kind was seen
+# 5.1e-6 away from the golden file. Bit-exactness is checked only between runs on one machine (the resume
+# tests below); the golden file is matched to a tolerance 20x that drift, which a real change still breaks.
+GOLDEN_RTOL, GOLDEN_ATOL = 1e-4, 1e-5
+
+
+def assert_matches_golden(got: dict[str, list[float]], golden: dict[str, list[float]]) -> None:
+    for key in KEYS:
+        torch.testing.assert_close(torch.tensor(got[key]), torch.tensor(golden[key]), rtol=GOLDEN_RTOL,
+                                   atol=GOLDEN_ATOL, msg=lambda m, key=key: f"{key}: {m}")
+
+
 def test_smoke_config_reproduces_golden_trajectory(data_dir):
     golden = json.loads(GOLDEN.read_text())
-    got = trajectory(data_dir, steps=len(golden["d_loss"]))
-    for key in KEYS:
-        torch.testing.assert_close(torch.tensor(got[key]), torch.tensor(golden[key]), rtol=0, atol=0)
+    assert_matches_golden(trajectory(data_dir, steps=len(golden["d_loss"])), golden)
+
+
+def test_a_one_line_loss_change_breaks_the_golden_trajectory(data_dir, monkeypatch):
+    """The tolerance is no blanket: G's non-saturating target moved from 1.0 to 0.99 must fail the match."""
+    import torch.nn.functional as F
+
+    from components import losses
+
+    def g_adversarial_changed(objective, fake_logits):
+        return F.binary_cross_entropy_with_logits(fake_logits, torch.full_like(fake_logits, 0.99), reduction="none")
+
+    monkeypatch.setattr(losses, "g_adversarial", g_adversarial_changed)
+    golden = json.loads(GOLDEN.read_text())
+    with pytest.raises(AssertionError, match="Tensor-likes are not close"):
+        assert_matches_golden(trajectory(data_dir, steps=len(golden["d_loss"])), golden)
 
 
 def test_resume_is_bit_identical(data_dir, tmp_path):

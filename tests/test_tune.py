@@ -43,22 +43,40 @@ def _result_lines(trial_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def _wait_for(condition, proc: subprocess.Popen, log: Path, what: str, seconds: float = 900) -> None:
+    """Poll until condition() holds; fail if the process ends first. The limit only stops a hung test: nothing
+    here waits for a race to come out one way."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"the campaign ended (exit {proc.returncode}) before {what}:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {what} after {seconds:.0f} s")
+        time.sleep(0.2)
+
+
 def test_known_bad_settings_lose_and_an_interrupted_campaign_resumes(tmp_path):
     # No spectral norm and no R1 anywhere, so "tiny batch" really means "tiny batch without regularisation".
     args = ["--campaign", "configs/tune/known-bad.yaml", "--set", "model.d_norm=none", "--set", "train.steps=100"]
-    proc = subprocess.Popen(_tune_cli(tmp_path, *args), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    experiment = tmp_path / "outputs" / "ray_results"
-    finished: list[Path] = []
-    deadline = time.time() + 420
-    while time.time() < deadline and proc.poll() is None and len(finished) < 2:
-        time.sleep(1)
-        finished = [p.parent for p in experiment.glob("smoke-tune-*/*/checkpoint_*")]
-    assert len(finished) >= 2, "no trial finished in time"
+    # Two trials run; the third and fourth wait at a gate this test never opens, so the campaign is mid-way
+    # when the SIGINT arrives, however fast the machine (two trials at a time: both held means both ended).
+    gate = tmp_path / "gate"
+    cli = _tune_cli(tmp_path, *args)
+    log = tmp_path / "interrupted.log"  # a file, not a pipe: nobody reads while it runs, and a pipe would fill
+    with open(log, "w") as out_file:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.tune_gate", str(gate), "2", "--", *cli[3:]],
+                                cwd=REPO, stdout=out_file, stderr=subprocess.STDOUT, text=True)
+    _wait_for(lambda: len(list(gate.glob("held-*"))) == 2, proc, log, "two trials held at the gate")
     proc.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves the experiment state and stops
-    out, _ = proc.communicate(timeout=180)
+    proc.wait(timeout=300)
+    out = log.read_text()
     assert proc.returncode == 130 and "--resume" in out, out[-3000:]
-    lines_before = {d: len(_result_lines(d)) for d in finished}
+    experiment = next((tmp_path / "outputs" / "ray_results").glob("smoke-tune-*"))
+    ended_ids = [(gate / f"slot-{i}").read_text() for i in (0, 1)]
+    ended = [next(d for d in experiment.iterdir() if d.is_dir() and trial_id in d.name) for trial_id in ended_ids]
+    lines_before = {d: len(_result_lines(d)) for d in ended}
+    assert all(lines_before.values()), lines_before
 
     refused = subprocess.run(_tune_cli(tmp_path, *args), cwd=REPO, capture_output=True, text=True)
     assert refused.returncode == 2 and "--resume" in refused.stderr and "Traceback" not in refused.stderr
@@ -106,7 +124,9 @@ def _experiment(tmp: Path, stage_dir: Path) -> Path:
 
 
 def test_pbt_trials_train_with_their_mutated_values(ray_cluster, tune_tmp):
-    out, summary = _run_until_tune(tune_tmp, "pbt", "tune.steps=16", "tune.report_every=4", "tune.pbt_interval=1")
+    # Synchronous PBT: at each interval every live trial has reported, so the worst one must exploit the best.
+    out, summary = _run_until_tune(tune_tmp, "pbt", "tune.steps=16", "tune.report_every=4", "tune.pbt_interval=1",
+                                   "tune.pbt_synch=true")
     experiment = _experiment(tune_tmp, out)
     trial_dirs = [d for d in experiment.iterdir() if d.is_dir()]
     reports = [line for d in trial_dirs for line in _result_lines(d)]

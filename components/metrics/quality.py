@@ -1,14 +1,19 @@
 """Sample-quality metrics on classifier features and class predictions."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import linalg
 
 
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> dict[str, float]:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two (N, F) feature sets."""
-    mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two (N, F) feature sets; NaN when either
+    set has fewer than two samples."""
     n, m, f = len(feats_a), len(feats_b), feats_a.shape[1]
+    if min(n, m) < 2:  # one sample has no covariance: undefined
+        return {"fd": math.nan}
+    mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
     if min(n, m) < f:  # fewer samples than features (2048-d Inception): the exact small-side form
         tr_covmean = trace_sqrt_cov_product(feats_a - mu_a, feats_b - mu_b)
         tr_a = float((feats_a - mu_a).var(0, ddof=1).sum())
@@ -94,6 +99,8 @@ def kernel_inception_distance(feats_a: np.ndarray, feats_b: np.ndarray, subsets:
     """KID (Binkowski et al. 2018): unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3, mean and std over subsets."""
     rng = np.random.default_rng(seed)
     m = min(subset_size, len(feats_a), len(feats_b))
+    if m < 2:  # the unbiased estimate leaves out each point's kernel with itself: it needs two per set
+        return {"kid": math.nan, "kid_std": math.nan}
     d = feats_a.shape[1]
     values = []
     for _ in range(subsets):
@@ -119,7 +126,10 @@ def _knn_radii(feats: np.ndarray, k: int) -> np.ndarray:
 
 def precision_recall_density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
     """k-NN manifold metrics: precision and recall (Kynkaanniemi et al. 2019), density and coverage
-    (Naeem et al. 2020). A sample is on a manifold if it falls in some k-NN ball of that set."""
+    (Naeem et al. 2020). A sample is on a manifold if it falls in some k-NN ball of that set. A set of k
+    points or fewer has no k-th neighbour: every value is then NaN."""
+    if min(len(real), len(fake)) <= k:
+        return dict.fromkeys(("precision", "recall", "density", "coverage"), math.nan)
     r_real, r_fake = _knn_radii(real, k), _knn_radii(fake, k)
     real_to_fake = _pairwise(real, fake)  # (N_real, N_fake)
     in_real_ball = real_to_fake <= r_real[:, None]  # fake j inside real i's ball
@@ -151,20 +161,31 @@ def nearest_neighbour_memorisation(fake: np.ndarray, train: np.ndarray, heldout:
 
 def intra_class_fd(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray,
                    num_classes: int) -> dict[str, float]:
-    """Frechet distance between real and generated features of each class (labels: real and requested)."""
+    """Frechet distance between real and generated features of each class (labels: real and requested).
+
+    NaN for a class with fewer than two real or generated images: one image has no covariance."""
     out = {}
     for c in range(num_classes):
         r, f = real[real_labels == c], fake[fake_labels == c]
-        out[f"fcd_class_{c}"] = frechet_distance(r, f)["fd"] if len(r) > 1 and len(f) > 1 else float("nan")
+        out[f"fcd_class_{c}"] = frechet_distance(r, f)["fd"]
     return out
 
 
 def head_tail_gap(per_class: dict[str, float], metric: str, head: list[int], tail: list[int]) -> dict[str, float]:
-    """Mean of `{metric}_class_{c}` over the head and the tail classes, their gap and ratio."""
-    mean = lambda cs: float(np.nanmean([per_class[f"{metric}_class_{c}"] for c in cs]))  # noqa: E731
-    h, t = mean(head), mean(tail)
-    return {f"head_{metric}": h, f"tail_{metric}": t, f"tail_head_{metric}_gap": t - h,
-            f"tail_head_{metric}_ratio": t / h if h else float("inf")}
+    """Mean of `{metric}_class_{c}` over the head and the tail classes, their gap and ratio.
+
+    A class whose value is undefined (NaN: the intra-class FCD of a class with one real image) is left out of
+    its group's mean and counted in `{group}_{metric}_undefined`; a group with no defined class has mean NaN."""
+    out = {}
+    for group, classes in (("head", head), ("tail", tail)):
+        values = [per_class[f"{metric}_class_{c}"] for c in classes]
+        defined = [v for v in values if not math.isnan(v)]
+        out[f"{group}_{metric}"] = float(np.mean(defined)) if defined else math.nan
+        out[f"{group}_{metric}_undefined"] = float(len(values) - len(defined))
+    h, t = out[f"head_{metric}"], out[f"tail_{metric}"]
+    out[f"tail_head_{metric}_gap"] = t - h
+    out[f"tail_head_{metric}_ratio"] = t / h if h else math.inf
+    return out
 
 
 QUALITY_METRICS = {

@@ -6,7 +6,9 @@ Writes: evaluation.json (schema-versioned; promote reads it), per_class.csv, sam
 """
 from __future__ import annotations
 
+import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,25 @@ def head_and_tail(train_counts: list[int]) -> tuple[list[int], list[int]]:
     order = sorted(range(len(train_counts)), key=lambda c: (-train_counts[c], c))
     third = max(1, len(order) // 3)
     return order[:third], order[-third:]
+
+
+def undefined_class_notes(result: dict, names: list[str], train_counts: list[int], generated: int) -> list[str]:
+    """One sentence per class whose intra-class FCD is undefined, saying why and where it was left out."""
+    return [f"class {names[c]}: intra-class FCD undefined ({train_counts[c]} training image(s) and {generated} "
+            "generated; it needs 2 of each), left out of the head/tail FCD means"
+            for c in range(len(names)) if math.isnan(result[f"fcd_class_{c}"])]
+
+
+def write_per_class_csv(path: Path, result: dict, names: list[str], train_counts: list[int]) -> None:
+    """class, name, train_count, generated_share, recall, intra_class_fcd (empty when undefined), note."""
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["class", "name", "train_count", "generated_share", "recall", "intra_class_fcd", "note"])
+        for c, name in enumerate(names):
+            fcd = result[f"fcd_class_{c}"]
+            note = "" if not math.isnan(fcd) else f"intra-class FCD undefined: {train_counts[c]} training image(s)"
+            out.writerow([c, name, train_counts[c], f"{result[f'share_class_{c}']:.4f}",
+                          f"{result[f'recall_class_{c}']:.4f}", "" if math.isnan(fcd) else f"{fcd:.4f}", note])
 
 
 def load_heldout(data_dir: Path, manifest: dict) -> SplitTensors:
@@ -152,6 +173,7 @@ def evaluate_models(G, D, data_dir: Path, ec, cache_dir: Path, out_dir: Path, ex
     result.update(QUALITY_METRICS["head_tail_gap"](result, "recall", head, tail))
     result.update(QUALITY_METRICS["head_tail_gap"](result, "fcd", head, tail))
     result.update(head_classes=head, tail_classes=tail)
+    result["notes"] = undefined_class_notes(result, names, manifest["class_counts"]["train"], ec.samples_per_class)
 
     # Section: robustness of D (held-out real vs fresh fakes of the same labels).
     n = min(len(held.labels), 256)
@@ -176,10 +198,7 @@ def evaluate_models(G, D, data_dir: Path, ec, cache_dir: Path, out_dir: Path, ex
     (out_dir / "evaluation.json").write_text(json.dumps({**result, "robustness_curves": curves}, indent=2, sort_keys=True))
     robustness_figure(curves["discriminator"], curves["generator"], curves["classifier"]) \
         .savefig(out_dir / "robustness_curves.png", dpi=100)
-    rows = ["class,name,train_count,generated_share,recall,intra_class_fcd"] + [
-        f"{c},{names[c]},{manifest['class_counts']['train'][c]},{result[f'share_class_{c}']:.4f},"
-        f"{result[f'recall_class_{c}']:.4f},{result[f'fcd_class_{c}']:.4f}" for c in range(n_classes)]
-    (out_dir / "per_class.csv").write_text("\n".join(rows) + "\n")
+    write_per_class_csv(out_dir / "per_class.csv", result, names, manifest["class_counts"]["train"])
     z8 = torch.randn(8, G.z_dim, generator=torch.Generator().manual_seed(1234))
     class_sample_grid(G, n_classes, z8).save(out_dir / "samples.png")
     nearest_neighbour_grid(fake, y_req, train_x, n_classes).save(out_dir / "nearest_neighbours.png")
@@ -189,6 +208,8 @@ def evaluate_models(G, D, data_dir: Path, ec, cache_dir: Path, out_dir: Path, ex
     print(f"  evaluate: KID {result['kid']:.4f}, precision {result['precision']:.3f} recall {result['recall']:.3f} "
           f"density {result['density']:.3f} coverage {result['coverage']:.3f}; tail/head intra-class FCD "
           f"{result['tail_head_fcd_ratio']:.2f}, tail-head recall gap {result['tail_head_recall_gap']:+.3f}", flush=True)
+    for note in result["notes"]:
+        print(f"  evaluate: note: {note}", flush=True)
     print(f"  evaluate: nearest-training-image distance ÷ held-out's {result['nn_distance_ratio_pixel']:.2f} (pixels), "
           f"{result['nn_distance_ratio_feature']:.2f} (features); samples nearer than 95% of held-out images "
           f"{result['copy_share_pixel']:.1%} / {result['copy_share_feature']:.1%} (5% expected without copying)",

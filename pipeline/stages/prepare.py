@@ -8,11 +8,10 @@ from __future__ import annotations
 import warnings
 
 import mlflow
-import torch
 
 from components.data.prepare import prepare_dataset
 from components.data.reader import load_split
-from components.plots import bar_chart, image_grid
+from components.plots import bar_chart, class_rows_grid
 from pipeline.stages.context import StageContext
 
 
@@ -35,8 +34,8 @@ def run(ctx: StageContext) -> dict:
     fig = bar_chart(manifest["class_counts"], names, "Images per class", "images")
     fig.savefig(ctx.out_dir / "class_histogram.png", dpi=100)
     train = load_split(data_dir, "train")
-    firsts = torch.stack([train.images_float()[train.labels == c][:8] for c in range(len(names))]).flatten(0, 1)
-    image_grid(firsts, 8).save(ctx.out_dir / "real_samples.png")
+    images = train.images_float()
+    class_rows_grid([images[train.labels == c] for c in range(len(names))], 8).save(ctx.out_dir / "real_samples.png")
     mlflow.log_artifact(str(ctx.out_dir / "class_histogram.png"))
     mlflow.log_artifact(str(ctx.out_dir / "real_samples.png"))
     mlflow.log_artifact(str(data_dir / "manifest.json"))

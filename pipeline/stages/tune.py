@@ -140,7 +140,7 @@ def build_scheduler(tc):
     if tc.scheduler == "pbt":
         random.seed(tc.seed)  # PBT draws its exploit/explore choices from the `random` module
         return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=tc.pbt_interval,
-                                       hyperparam_mutations=to_param_space(tc.search_space, pbt=True), synch=False)
+                                       hyperparam_mutations=to_param_space(tc.search_space, pbt=True), synch=tc.pbt_synch)
     return None
 
 
