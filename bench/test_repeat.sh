@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# `make test` on fresh clones of HEAD: N runs as they are, then one with a busy process pinned to core 0 for
+# `make test` on fresh clones of HEAD's commit (fixed when the script starts): N runs as they are, then one with a busy process pinned to core 0 for
 # the whole run (a stand-in for a slower machine). Each clone builds its own .venv. Writes
 # bench/results/test_repeat.json; the logs stay in the printed temp dir.
 # Usage: bash bench/test_repeat.sh [N]   (N defaults to 3)
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 n=${1:-3}
+commit=$(git -C "$repo" rev-parse HEAD)
 work=$(mktemp -d /tmp/test-repeat.XXXXXX)
 rows="$work/rows.jsonl"
 echo "logs in $work"
@@ -14,7 +15,7 @@ echo "logs in $work"
 
 run_one() {  # label busy(0|1)
   local label=$1 busy=$2 dir="$work/$1" busy_pid="" start end rc
-  git clone -q "$repo" "$dir"
+  git clone -q "$repo" "$dir" && git -C "$dir" checkout -q "$commit"
   if [ "$busy" = 1 ]; then
     taskset -c 0 sh -c 'while :; do :; done' &
     busy_pid=$!
