@@ -14,29 +14,95 @@ from pipeline.ray_edge import keep_ray_on_loopback
 ENV_OVERRIDES = {"MLFLOW_TRACKING_URI": "tracking.uri", "RAY_ADDRESS": "ray.address"}
 
 
+# The DAG's stage names, here so that `--help` imports no stage code (tests check it against pipeline.dag).
+STAGE_NAMES = ("prepare", "train", "tune", "evaluate", "promote")
+
+ENVIRONMENT = """environment:
+  MLFLOW_TRACKING_URI   tracking store; overrides tracking.uri (the registry and report commands need only this)
+  RAY_ADDRESS           Ray cluster to join; overrides ray.address (unset: a local Ray on 127.0.0.1)
+  RAY_AUTH_TOKEN        token for clusters with token auth (or ~/.ray/auth_token)
+  GLIBC_TUNABLES        malloc settings of training processes; set it empty to keep glibc's defaults"""
+
+EXAMPLES = {
+    "run": """examples:
+  ganpipe run --config configs/default.yaml
+  ganpipe run --config configs/default.yaml --set data.source=image_folder --set data.path=/data/imgs \\
+      --set data.channels=3 --set data.imbalance_ratio=1
+  ganpipe run --config configs/default.yaml --dry-run       # resolved config, DAG and plan; runs nothing
+  ganpipe run --config configs/default.yaml --from tune     # tune and everything after it""",
+    "tune": """examples:
+  ganpipe tune --config configs/default.yaml --campaign configs/tune/pbt.yaml
+  ganpipe tune --config configs/default.yaml --resume       # continue a campaign stopped by Ctrl+C""",
+    "submit": """examples:
+  ganpipe submit --address http://127.0.0.1:8265 --config configs/cluster-gpu.yaml --follow""",
+    "report": """examples:
+  ganpipe report 0123456789abcdef0123456789abcdef --out report.html --tracking-uri sqlite:////abs/mlflow.db""",
+    "promote": """examples:
+  ganpipe promote --model ganpipe-digits --version 3 --dry-run""",
+    "rollback": """examples:
+  ganpipe rollback --model ganpipe-digits""",
+    "evaluate": """examples:
+  ganpipe evaluate --model models:/ganpipe-digits@champion --out evaluation/
+  ganpipe evaluate --model outputs/stages/tune/<fingerprint>/candidate/checkpoint.pt --out evaluation/""",
+    "generate": """examples:
+  ganpipe generate --model models:/ganpipe-digits@champion --per-class 8 --out grid.png""",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are input errors too: one line and exit status 2, through main's UserError path."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _sub(sub, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=summary, description=description, epilog=EXAMPLES[name],
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("ganpipe")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ganpipe", description="Distributed, imbalance-aware GAN pipeline.")
+    parser = _Parser(prog="ganpipe", description="Distributed, imbalance-aware GAN pipeline on Ray and MLflow: "
+                     "prepare -> train -> tune -> evaluate -> promote.", epilog=ENVIRONMENT,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"ganpipe {_version()}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the DAG: prepare -> train -> tune -> evaluate -> promote")
+    run = _sub(sub, "run", "run the DAG: prepare -> train -> tune -> evaluate -> promote",
+               "Run every stage whose inputs changed; stages with unchanged config, code and inputs are reused.")
     run.add_argument("--config", required=True, help="YAML config, e.g. configs/default.yaml")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr_g=1e-4")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and the plan, then exit")
-    run.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun STAGE even if cached")
-    run.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun STAGE and everything downstream")
-    run.add_argument("--only", metavar="STAGE", help="run just STAGE (its upstream outputs must be cached)")
+    run.add_argument("--force", action="append", default=[], choices=STAGE_NAMES, metavar="STAGE",
+                     help=f"rerun STAGE even if cached, discarding its interrupted state ({', '.join(STAGE_NAMES)})")
+    run.add_argument("--from", dest="from_stage", choices=STAGE_NAMES, metavar="STAGE",
+                     help="rerun STAGE and everything downstream")
+    run.add_argument("--only", choices=STAGE_NAMES, metavar="STAGE",
+                     help="run just STAGE (its upstream outputs must be cached)")
     run.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (listed in the log)")
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
-    tune = sub.add_parser("tune", help="run a hyperparameter campaign (prepare and train first, cached)")
+    tune = _sub(sub, "tune", "run a hyperparameter campaign (prepare and train first, cached)",
+                "Run prepare and train (reused when unchanged), then a Ray Tune campaign scored by stability.")
     tune.add_argument("--config", required=True, help="YAML config, e.g. configs/default.yaml")
     tune.add_argument("--campaign", help="campaign file, e.g. configs/tune/lr-batch.yaml (sets tune.campaign)")
     tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. tune.steps=100")
     tune.add_argument("--resume", action="store_true", help="continue an interrupted campaign (Tuner.restore)")
-    tune.add_argument("--force", action="store_true", help="discard an interrupted or cached campaign, start over")
+    tune.add_argument("--force", action="store_true",
+                      help="rerun tune even if cached, discarding an interrupted campaign (as `run --force tune`)")
     tune.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
-    submit = sub.add_parser("submit", help="run the pipeline as a Ray job on a cluster")
+    submit = _sub(sub, "submit", "run the pipeline as a Ray job on a cluster",
+                  "Submit `ganpipe run` as a Ray job: the whole DAG runs on the cluster, one stage per Ray task.")
     submit.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://127.0.0.1:8265")
     submit.add_argument("--config", required=True, help="config file, relative to the repository")
     submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
@@ -46,26 +112,33 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--pip", action="append", help="pip requirement to install for the job")
     submit.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
-    report = sub.add_parser("report", help="regenerate a pipeline run's HTML report from MLflow")
+    report = _sub(sub, "report", "regenerate a pipeline run's HTML report from MLflow",
+                  "Rebuild the HTML report of a pipeline run from its stages' MLflow artifacts.")
     report.add_argument("run_id", help="the pipeline's parent run id")
     report.add_argument("--out", default="report.html", help="output HTML file")
     _settings_arguments(report)
 
-    promote = _registry_parser(sub, "promote", "judge a registered version by the gates; move aliases")
+    promote = _registry_parser(sub, "promote", "judge a registered version by the gates; move aliases",
+                               "Judge a registered version by the promotion gates of the config it was made under "
+                               "(or --config) and move champion/challenger/previous-champion.")
     promote.add_argument("--version", required=True, help="model version to judge")
     promote.add_argument("--dry-run", action="store_true", help="decide, but move no alias")
-    _registry_parser(sub, "rollback", "move champion back to previous-champion")
-    ev = _registry_parser(sub, "evaluate", "evaluate a saved model outside the DAG (quality, per-class, robustness)")
+    _registry_parser(sub, "rollback", "move champion back to previous-champion",
+                     "Move the champion alias back to the version that holds previous-champion.")
+    ev = _registry_parser(sub, "evaluate", "evaluate a saved model outside the DAG (quality, per-class, robustness)",
+                          "Evaluate a registered model, a run's generator or a checkpoint file on the data of the "
+                          "config it was made under (or --config).")
     ev.add_argument("--out", default="evaluation", help="output directory (evaluation.json, plots, per_class.csv)")
-    gen = _registry_parser(sub, "generate", "write a per-class sample grid from a registered model")
+    gen = _registry_parser(sub, "generate", "write a per-class sample grid from a registered model",
+                           "Write a PNG grid, one row per class, sampled from a registered model.")
     gen.add_argument("--per-class", type=int, default=8, help="samples per class")
     gen.add_argument("--seed", type=int, default=0, help="first noise seed")
     gen.add_argument("--out", default="grid.png", help="output PNG")
     return parser
 
 
-def _registry_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help_text)
+def _registry_parser(sub, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    p = _sub(sub, name, help_text, description)
     p.add_argument("--model", required=True,
                    help="registered model name (generate: a URI such as models:/NAME@champion; evaluate: that, a run id or a checkpoint path)")
     _settings_arguments(p)
@@ -88,17 +161,12 @@ def env_overrides(environ=os.environ) -> list[str]:
 
 def cmd_run(args) -> int:
     from pipeline.config import dump_config, load_config
-    from pipeline.dag import describe, stage_names
+    from pipeline.dag import describe
 
     flags = ["data.skip_corrupt=true"] if args.skip_corrupt else []
     cfg = load_config(args.config, env_overrides() + flags + args.set)
     from pipeline.runner import downstream_of
 
-    for flag, names in (("--force", args.force), ("--from", [args.from_stage] if args.from_stage else []),
-                        ("--only", [args.only] if args.only else [])):
-        unknown = sorted(set(names) - set(stage_names()))
-        if unknown:
-            raise UserError(f"{flag} {unknown[0]}: no such stage; choose from {', '.join(stage_names())}")
     force = set(args.force) | (downstream_of(args.from_stage) if args.from_stage else set())
     force |= {args.only} if args.only else set()
     if args.dry_run:
@@ -174,7 +242,11 @@ COMMANDS = {"run": cmd_run, "tune": cmd_tune, "submit": cmd_submit}
 
 def main(argv: list[str] | None = None) -> int:
     keep_ray_on_loopback()
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         return {**COMMANDS, **_registry_commands()}[args.command](args)
     except UserError as err:

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from components.config_base import Section, build
 from components.data.config import DataConfig
 from components.errors import UserError
-from components.losses import LossConfig
+from components.loss_config import LossConfig
 from components.models import ModelConfig
 from components.training.config import TrainConfig
 

@@ -1,22 +1,84 @@
 """Cache keys: stage name + resolved config sections + code version + upstream output digests."""
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import subprocess
+from importlib import metadata
 from pathlib import Path
 
 PACKAGE_ROOTS = ("components", "pipeline")
 
 
 def source_digest() -> str:
-    """sha256 of every .py file of the project's packages (catches uncommitted edits, works without git)."""
-    root = Path(__file__).resolve().parent.parent
+    """sha256 of every .py file of the project's packages (the pipeline run's tag; stages use code_digest)."""
+    root = ROOT
     h = hashlib.sha256()
     for pkg in PACKAGE_ROOTS:
         for path in sorted((root / pkg).rglob("*.py")):
             h.update(str(path.relative_to(root)).encode())
             h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+LIBRARIES = ("torch", "ray", "mlflow")
+
+
+def module_file(name: str, root: Path = ROOT) -> Path | None:
+    """The source file of project module `name` (a.b -> a/b.py or a/b/__init__.py), or None."""
+    base = root.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Project modules named by the file's import statements, function-level imports included; importing
+    a.b.c also runs a and a.b, so their packages count too."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return {n for n in found if n.split(".")[0] in PACKAGE_ROOTS}
+
+
+def module_closure(module: str, root: Path = ROOT) -> list[Path]:
+    """Every project source file that importing `module` runs, found statically, sorted."""
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        path = module_file(name, root)
+        if name in seen or path is None:
+            continue
+        seen[name] = path
+        todo.extend(imported_modules(path) - seen.keys())
+    return sorted(set(seen.values()))
+
+
+def code_digest(module: str, root: Path = ROOT) -> str:
+    """What a stage's outputs depend on in code: the syntax trees of the project files `module` runs (so
+    comments and layout do not count, and neither do modules it never imports, such as the CLI or the
+    report), plus the installed versions of torch, ray and mlflow."""
+    h = hashlib.sha256()
+    for path in module_closure(module, root):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(ast.dump(ast.parse(path.read_text())).encode())
+    for lib in LIBRARIES:
+        try:
+            h.update(f"{lib}=={metadata.version(lib)}".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{lib} absent".encode())
     return h.hexdigest()
 
 

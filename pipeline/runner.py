@@ -12,7 +12,7 @@ from components.storage import Location, is_remote, join, local_cache_root, loca
 from pipeline.config import PipelineConfig, dump_config, flat_params
 from pipeline.dag import STAGE_BY_NAME, STAGES, Stage
 from pipeline.executor import MARKER, StageJob, sections_of, submit_stage
-from pipeline.fingerprint import git_commit, source_digest, stage_fingerprint
+from pipeline.fingerprint import code_digest, git_commit, source_digest, stage_fingerprint
 from pipeline.ray_edge import ensure_ray
 from pipeline.report import build_html
 from pipeline.tracking import setup_tracking
@@ -53,16 +53,22 @@ def stage_names_upstream(name: str) -> set[str]:
     return out
 
 
+def stage_code_digests() -> dict[str, str]:
+    """Each stage's code digest: only the modules its function's module imports (see code_digest)."""
+    return {stage.name: code_digest(stage.fn.__module__) for stage in STAGES}
+
+
 def plan(cfg: PipelineConfig, force: set[str] = frozenset()) -> list[tuple[str, str]]:
     """(stage, 'cached' | 'run') for each stage, without running anything."""
-    root, code = store_root(cfg), source_digest()
+    root, codes = store_root(cfg), stage_code_digests()
     digests: dict[str, str] = {}
     rows = []
     for stage in STAGES:
         if any(u not in digests for u in stage.inputs):
             rows.append((stage.name, "run"))
             continue
-        fp = stage_fingerprint(stage.name, sections_of(cfg, stage), code, {u: digests[u] for u in stage.inputs})
+        fp = stage_fingerprint(stage.name, sections_of(cfg, stage), codes[stage.name],
+                               {u: digests[u] for u in stage.inputs})
         record = read_marker(stage_uri(root, stage, fp))
         if record and stage.name not in force:
             digests[stage.name] = record["digest"]
@@ -106,7 +112,7 @@ def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), only: str |
     and write only the storage URIs the DAG hands them.
     """
     work = Path(cfg.work_dir).resolve()
-    root, code = store_root(cfg), source_digest()
+    root, code, codes = store_root(cfg), source_digest(), stage_code_digests()
     as_tasks = runs_stages_as_tasks(cfg)
     # A stage task on another node has no view of this disk: it keeps caches and scratch on its own.
     stage_work = str(local_cache_root() / "work" / cfg.name) if as_tasks and is_remote(root) else str(work)
@@ -125,7 +131,7 @@ def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), only: str |
                 if only is not None and stage.name != only and stage.name not in stage_names_upstream(only):
                     continue
                 upstream = {u: records[u]["digest"] for u in stage.inputs}
-                fp = stage_fingerprint(stage.name, sections_of(cfg, stage), code, upstream)
+                fp = stage_fingerprint(stage.name, sections_of(cfg, stage), codes[stage.name], upstream)
                 final = stage_uri(root, stage, fp)
                 record = read_marker(final)
                 if only is not None and stage.name != only and record is None:
@@ -143,7 +149,7 @@ def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), only: str |
                 if stage.needs_ray or as_tasks:
                     started = ensure_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.batch_scheduling)
                     started_ray = started or started_ray
-                lineage = {"fingerprint": fp, "code_version": code,
+                lineage = {"fingerprint": fp, "code_version": codes[stage.name],
                            **{f"upstream.{u}": records[u]["run_id"] for u in stage.inputs}}
                 if "prepare" in records:
                     lineage["dataset_digest"] = dataset_digest(root, records["prepare"])

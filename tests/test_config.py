@@ -87,3 +87,34 @@ def test_cli_evaluate_rejects_an_unknown_model_reference(tmp_path, capsys):
 def test_cli_tune_refuses_bad_campaign_file(capsys):
     assert main(["tune", "--config", "configs/smoke.yaml", "--campaign", "missing.yaml"]) == 2
     assert "tune.campaign: file not found: missing.yaml" in capsys.readouterr().err
+
+
+def test_cli_stage_choices_are_the_dags_stages():
+    from pipeline.cli import STAGE_NAMES
+    from pipeline.dag import stage_names
+
+    assert list(STAGE_NAMES) == stage_names()
+
+
+@pytest.mark.parametrize("command", ["run", "tune", "submit", "report", "promote", "rollback", "evaluate", "generate"])
+def test_cli_help_describes_and_gives_examples(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "examples:" in out and f"ganpipe {command} " in out.split("examples:")[1]
+
+
+def test_cli_version_and_environment(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("ganpipe ")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert all(var in out for var in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAY_AUTH_TOKEN", "GLIBC_TUNABLES"))
+
+
+def test_cli_usage_errors_are_one_line_with_status_2(capsys):
+    assert main(["run", "--config", "configs/smoke.yaml", "--only", "evaluat"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid choice: 'evaluat'" in err
