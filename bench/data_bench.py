@@ -19,9 +19,7 @@ import torch
 from components.data.config import DataConfig
 from components.data.prepare import prepare_dataset
 from components.data.reader import BatchSampler, load_split
-from components.losses import GANLoss, LossConfig
-from components.models import ModelConfig
-from components.training.config import TrainConfig
+from components.losses import GANLoss
 from components.training.loop import train_steps
 from components.training.state import make_state
 from pipeline.config import load_config
@@ -71,10 +69,10 @@ def bench_trainer_consumption(data_dir: Path, steps: int = 20) -> tuple[float, i
     """Images/s one training worker consumes at the default config (its per-worker batch, one thread)."""
     cfg = load_config(REPO / "configs" / "default.yaml")
     per_worker = cfg.train.batch_size // cfg.train.num_workers
-    train = TrainConfig(**{**cfg.train.model_dump(), "num_workers": 1, "batch_size": per_worker})
+    train = cfg.train.model_copy(update={"num_workers": 1, "batch_size": per_worker})
     torch.set_num_threads(1)
-    state = make_state(ModelConfig(**cfg.model.model_dump()), train, load_split(data_dir, "train"), 10, "resample", None)
-    loss = GANLoss(LossConfig(**cfg.loss.model_dump()))
+    state = make_state(cfg.model, train, load_split(data_dir, "train"), 10, "resample", None)
+    loss = GANLoss(cfg.loss)
     train_steps(state, loss, train, 3)
     seconds = timed(lambda: train_steps(state, loss, train, state.step + steps), repeats=1)
     return per_worker * steps / seconds, per_worker

@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO))
 
 from components.data.prepare import prepare_dataset  # noqa: E402
 from components.training.loop import train_steps  # noqa: E402
-from components.training.ray_train import build_worker_state  # noqa: E402
+from components.training.worker import build_worker_state  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.stages.train import build_loop_config  # noqa: E402
+from pipeline.stages.train import build_worker_config  # noqa: E402
 
 WARMUP = 10
 STEPS = 60
@@ -52,7 +52,7 @@ def measure(shape: str, mode: str, batch: int, data_dir: Path, device: torch.dev
     cfg = load_config(REPO / "configs" / "default.yaml",
                       [*SHAPES[shape], *MODES[mode], "model.g_base_channels=64", "model.d_base_channels=64",
                        "model.z_dim=128", "train.use_gpu=true"])
-    loop_config = build_loop_config(cfg, data_dir, train_overrides={
+    loop_config = build_worker_config(cfg, data_dir, train_overrides={
         "num_workers": 1, "batch_size": batch, "steps": WARMUP + STEPS, "report_every": WARMUP + STEPS})
     if ddp:
         from torch.nn.parallel import DistributedDataParallel

@@ -82,7 +82,7 @@ def stamp_rank0(state, rank: int, stamp_file: str) -> None:
         state.trace["step_time_s"] = StampedSteps(stamp_file)
 
 
-def ray_stamped_loop(config: dict) -> None:
+def ray_stamped_loop(config) -> None:
     """train_loop_per_worker with rank 0's step times stamped (patched in this worker process only)."""
     from components.training import ray_train
 
@@ -90,18 +90,18 @@ def ray_stamped_loop(config: dict) -> None:
 
     def stamped_build(loop_config, rank, world, *args, **kwargs):
         state, cfg, loss = build(loop_config, rank, world, *args, **kwargs)
-        stamp_rank0(state, rank, loop_config["stamp_file"])
+        stamp_rank0(state, rank, loop_config.stamp_file)
         return state, cfg, loss
 
     ray_train.build_worker_state = stamped_build
     ray_train.train_loop_per_worker(config)
 
 
-def _ddp_stamped_worker(rank: int, world: int, config: dict, port: int) -> None:
+def _ddp_stamped_worker(rank: int, world: int, config, port: int) -> None:
     from components.training.loop import train_steps
 
     state, cfg, loss = trainer_bench.ddp_worker_state(rank, world, config, port)
-    stamp_rank0(state, rank, config["stamp_file"])
+    stamp_rank0(state, rank, config.stamp_file)
     train_steps(state, loss, cfg, cfg.steps, lambda s, m: None)
 
 
@@ -109,7 +109,7 @@ def ddp_child(data_dir: str, stamp_file: str, steps: int) -> None:
     """The plain-DDP side, run as its own process tree (`--ddp-child`): 2 spawned gloo workers."""
     import torch.multiprocessing as mp
 
-    config = {**trainer_bench.loop_config(Path(data_dir), 2, steps), "stamp_file": stamp_file}
+    config = trainer_bench.loop_config(Path(data_dir), 2, steps).with_overrides(stamp_file=stamp_file)
     mp.spawn(_ddp_stamped_worker, args=(2, config, trainer_bench._free_port()), nprocs=2)
 
 
@@ -270,7 +270,7 @@ def main(pair: tuple[str, str], cycles: int, segment_s: float, out: Path) -> dic
                 sides.append(Side(name, stamp_file, lambda c=child: tree(c.pid)))
             else:
                 ensure_ray(None, 2)
-                config = {**trainer_bench.loop_config(tmp / "data", 2, steps), "stamp_file": str(stamp_file)}
+                config = trainer_bench.loop_config(tmp / "data", 2, steps).with_overrides(stamp_file=str(stamp_file))
 
                 def fit(config=config):
                     try:

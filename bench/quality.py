@@ -11,7 +11,7 @@ would report.
     .venv/bin/python -m bench.quality --recipes default --budgets 1,3
     make quality                                            # the same as the first line
 
-Writes bench/results/quality.json (one row per recipe and budget, with the issue's targets next to them).
+Writes bench/results/quality.json (one row per recipe and budget, with the quality targets next to them).
 """
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ sys.path.insert(0, str(REPO))
 
 from components.data.prepare import prepare_dataset  # noqa: E402
 from components.training.loop import train_steps  # noqa: E402
-from components.training.ray_train import build_worker_state  # noqa: E402
+from components.training.worker import build_worker_state  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.stages.evaluate import evaluate_models  # noqa: E402
-from pipeline.stages.train import build_loop_config  # noqa: E402
+from components.evaluation import evaluate_models  # noqa: E402
+from pipeline.stages.train import build_worker_config  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
@@ -63,7 +63,7 @@ def run_recipe(name: str, overrides: list[str], budgets: list[int], base_steps: 
     data_dir = work / f"data-{cfg.data.rebalance}"
     if not (data_dir / "manifest.json").exists():
         prepare_dataset(cfg.data, data_dir)
-    loop_config = build_loop_config(cfg, data_dir, train_overrides={"num_workers": 1})
+    loop_config = build_worker_config(cfg, data_dir, train_overrides={"num_workers": 1})
     torch.manual_seed(cfg.train.seed)
     state, train_cfg, loss = build_worker_state(loop_config, rank=0, world=1, wrap=lambda m: m.to(device),
                                                 device=device)
@@ -97,7 +97,7 @@ def verdicts(rows: list[dict]) -> dict:
             "tail_head_fcd_at_1x_ok": None if one is None else
             one["tail_head_fcd_ratio"] <= TARGETS["tail_head_fcd_ratio_max"],
             "stable_3x_vs_1x_ok": None if one is None or three is None else three["fcd"] <= one["fcd"],
-            # Not the issue's metric: the same 5x bound on the class-matched FCD (see evaluate_models).
+            # Not the targeted metric: the same 5x bound on the class-matched FCD (see evaluate_models).
             "class_matched_fcd_ratio_at_1x_ok": None if one is None or one.get("fcd_class_matched_ratio") is None
             else one["fcd_class_matched_ratio"] <= TARGETS["fcd_ratio_max"],
         }

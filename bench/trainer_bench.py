@@ -1,4 +1,4 @@
-"""Trainer benchmark: the same model, batch and step in three modes, as the train-stage issue asks.
+"""Trainer benchmark: the same model, batch and step in three modes (bare loop, plain DDP, Ray Train).
 
 - bare:        the pure loop in this process, no distribution (1 process);
 - ddp:         plain torch.distributed DDP, 2 processes, gloo on 127.0.0.1;
@@ -42,11 +42,12 @@ from components.data.prepare import prepare_dataset  # noqa: E402
 from components.training.allocator import MALLOC_TUNABLES  # noqa: E402
 from components.training.checkpoint import load_checkpoint  # noqa: E402
 from components.training.loop import train_steps  # noqa: E402
-from components.training.ray_train import (  # noqa: E402
-    build_worker_state, quiet_ddp_stride_warning, run_torch_trainer)
+from components.training.ray_train import quiet_ddp_stride_warning, run_torch_trainer  # noqa: E402
+from components.training.worker import build_worker_state  # noqa: E402
+from components.training.worker_config import WorkerConfig  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.ray_edge import ensure_ray, keep_ray_on_loopback, owns_local_cluster  # noqa: E402
-from pipeline.stages.train import build_loop_config  # noqa: E402
+from pipeline.ray_edge import ensure_ray, keep_ray_on_loopback, lean_runs  # noqa: E402
+from pipeline.stages.train import build_worker_config  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 PER_WORKER_BATCH = 64
@@ -71,11 +72,11 @@ def malloc_setting() -> str:
     return next((name for name, v in MALLOC_SETTINGS.items() if v == value), f"GLIBC_TUNABLES={value!r}")
 
 
-def loop_config(data_dir: Path, workers: int, steps: int = STEPS) -> dict:
+def loop_config(data_dir: Path, workers: int, steps: int = STEPS) -> WorkerConfig:
     """The default config with the document's widths, batch 64 per worker, no checkpoints until the end."""
     cfg = load_config(REPO / "configs" / "default.yaml",
                       ["model.g_base_channels=64", "model.d_base_channels=64"])
-    return build_loop_config(cfg, data_dir, train_overrides={
+    return build_worker_config(cfg, data_dir, train_overrides={
         "num_workers": workers, "batch_size": PER_WORKER_BATCH * workers, "steps": steps,
         "report_every": REPORT_EVERY, "checkpoint_every": 10 * steps, "sample_grid_every": 10 * steps,
         "threads_per_worker": 1})
@@ -99,7 +100,7 @@ def run_bare(data_dir: Path) -> dict:
     return summarise("bare", 1, time.perf_counter() - t0, state.trace["step_time_s"])
 
 
-def ddp_worker_state(rank: int, world: int, config: dict, port: int):
+def ddp_worker_state(rank: int, world: int, config: WorkerConfig, port: int):
     """One plain-DDP rank's process group (gloo on 127.0.0.1:port) and its (state, cfg, loss), one thread."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -111,7 +112,7 @@ def ddp_worker_state(rank: int, world: int, config: dict, port: int):
     return build_worker_state(config, rank, world, wrap=DistributedDataParallel)
 
 
-def _ddp_worker(rank: int, world: int, config: dict, port: int, out: str) -> None:
+def _ddp_worker(rank: int, world: int, config: WorkerConfig, port: int, out: str) -> None:
     import torch.distributed as dist
 
     state, cfg, loss = ddp_worker_state(rank, world, config, port)
@@ -136,7 +137,7 @@ def run_ddp(data_dir: Path, tmp: Path, world: int = 2, steps: int = STEPS) -> di
     return summarise("torch_ddp", world, time.perf_counter() - t0, json.loads(out.read_text()))
 
 
-def timed_train_loop(config: dict) -> None:
+def timed_train_loop(config: WorkerConfig) -> None:
     """train_loop_per_worker, with rank 0's entry and exit wall-clock times written to a timeline file."""
     import ray.train
 
@@ -146,18 +147,17 @@ def timed_train_loop(config: dict) -> None:
     entered = time.time()
     train_loop_per_worker(config)
     if rank0:
-        Path(config["timeline_file"]).write_text(json.dumps({"entered": entered, "left": time.time()}))
+        Path(config.timeline_file).write_text(json.dumps({"entered": entered, "left": time.time()}))
 
 
 def run_ray_train(data_dir: Path, tmp: Path, workers: int, run_name: str, steps: int = STEPS) -> dict:
     """run_name: new for every run in `tmp` (a reused one would resume that run's checkpoint)."""
-    config = {**loop_config(data_dir, workers, steps), "timeline_file": str(tmp / f"timeline-{run_name}.json")}
+    config = loop_config(data_dir, workers, steps).with_overrides(timeline_file=str(tmp / f"timeline-{run_name}.json"))
     called = time.time()
     t0 = time.perf_counter()
     # As the train stage runs it: the pipeline's driver owns its local cluster.
     result = run_torch_trainer(config, tmp / "ray_results", run_name, loop_fn=timed_train_loop,
-                               placement_group_cleaner=not owns_local_cluster(),
-                               autoscaling_requests=not owns_local_cluster())
+                               placement_group_cleaner=not lean_runs(), autoscaling_requests=not lean_runs())
     if result.error is not None:
         raise RuntimeError(f"ray train failed: {result.error}")
     wall = time.perf_counter() - t0
@@ -168,7 +168,7 @@ def run_ray_train(data_dir: Path, tmp: Path, workers: int, run_name: str, steps:
     # Where the fixed cost goes: Ray Train's launch (controller, placement group, worker processes, process
     # group) before rank 0 enters the loop; inside the loop beyond the steady steps (data, model, warm-up
     # steps, checkpoint); and the shutdown after rank 0 leaves it.
-    timeline = json.loads(Path(config["timeline_file"]).read_text())
+    timeline = json.loads(Path(config.timeline_file).read_text())
     in_loop = timeline["left"] - timeline["entered"]
     row["startup_breakdown_s"] = {
         "launch_until_loop": round(timeline["entered"] - called, 2),

@@ -10,6 +10,8 @@ import operator
 
 import mlflow
 
+from components.promotion_config import GatesConfig
+
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 SUMMARY_KEYS = ("fcd", "fcd_real_vs_real", "kid", "class_kl", "recall_mean", "tail_recall", "head_recall",
                 "tail_head_fcd_ratio", "d_fgsm_accuracy", "copy_share_feature", "diverged")
@@ -25,19 +27,20 @@ THRESHOLD_GATES = (
 )
 
 
-def check_gates(evaluation: dict, gates: dict, champion_evaluation: dict | None) -> list[dict]:
+def check_gates(evaluation: dict, gates: GatesConfig, champion_evaluation: dict | None) -> list[dict]:
     """Each gate as {gate, value, threshold, passed}; a gate whose threshold is None is not checked."""
     rows = []
     for name, key, metric, passes in THRESHOLD_GATES:
-        if gates.get(key) is not None:
+        threshold = getattr(gates, key)
+        if threshold is not None:
             value = float(evaluation.get(metric, math.nan))
-            rows.append({"gate": name, "value": value, "threshold": gates[key],
-                         "passed": math.isfinite(value) and bool(passes(value, gates[key]))})
-    if gates.get("require_no_divergence", True):
+            rows.append({"gate": name, "value": value, "threshold": threshold,
+                         "passed": math.isfinite(value) and bool(passes(value, threshold))})
+    if gates.require_no_divergence:
         diverged = float(evaluation.get("diverged", 0.0))
         rows.append({"gate": "no_divergence", "value": diverged, "threshold": 0.0, "passed": diverged == 0.0})
     if champion_evaluation is not None and "fcd" in champion_evaluation:
-        bar = champion_evaluation["fcd"] - gates.get("min_improvement", 0.0)
+        bar = champion_evaluation["fcd"] - gates.min_improvement
         value = float(evaluation.get("fcd", math.nan))
         rows.append({"gate": "beats_champion_fcd", "value": value, "threshold": bar,
                      "passed": math.isfinite(value) and value < bar})
@@ -77,7 +80,7 @@ def move_champion(client, name: str, version: str) -> None:
     client.set_registered_model_alias(name, CHAMPION, str(version))
 
 
-def decide(client, name: str, version: str, gates: dict, dry_run: bool = False) -> dict:
+def decide(client, name: str, version: str, gates: GatesConfig, dry_run: bool = False) -> dict:
     """Judge `version` by the gates against the current champion; unless dry_run, set `challenger`, move
     `champion` if every gate passes, and record the decision as version tags."""
     version = str(version)

@@ -10,7 +10,10 @@ from pydantic import Field, field_validator, model_validator
 from components.config_base import Section, build
 from components.data.config import DataConfig
 from components.errors import UserError
+from components.evaluation_config import EvaluateConfig
 from components.loss_config import LossConfig
+from components.metrics.scoring_config import StabilityWeights
+from components.promotion_config import GatesConfig
 from components.models import ModelConfig
 from components.training.config import TrainConfig
 
@@ -30,9 +33,10 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray; null means all cores.")
     stage_tasks: Literal["auto", "always", "never"] = Field(
         "auto", description="Run each stage as a Ray task: auto does so when joining a cluster (address set).")
-    batch_scheduling: bool = Field(
-        True, description="Run a local Ray's processes under Linux SCHED_BATCH, so that Ray's own frequent "
-                          "wake-ups wait for the scheduler tick instead of preempting training threads.")
+    local_cluster_tuning: bool = Field(
+        True, description="On a local Ray this process starts: its processes under Linux SCHED_BATCH, fewer "
+                          "background polls, and Ray Train runs without helper actors they do not use "
+                          "(pipeline/ray_edge.py). false keeps Ray's defaults.")
 
 
 class StorageConfig(Section):
@@ -57,19 +61,6 @@ class SearchDim(Section):
     values: list[Any] | None = Field(None, description="Candidates for choice and grid.")
     low: float | None = Field(None, description="Lower bound for (log)uniform.")
     high: float | None = Field(None, description="Upper bound for (log)uniform.")
-
-
-class StabilityWeights(Section):
-    """Weights of the composite stability score (lower is better); see components/metrics/stability.py."""
-
-    # Detrended loss stds are about a tenth of the KL and balance terms on digits: 4 gives them equal say.
-    oscillation: float = Field(4.0, ge=0.0, description="Weight of the windowed (detrended) std of D and G losses.")
-    balance: float = Field(1.0, ge=0.0, description="Weight of |r_t - target| (D overfitting signal).")
-    grad_spikes: float = Field(1.0, ge=0.0, description="Weight of the gradient-spike rate.")
-    r_target: float = Field(0.6, ge=-1.0, le=1.0, description="Target of r_t = E[sign D(real)].")
-    class_kl: float = Field(1.0, ge=0.0, description="Weight of KL(generated class histogram || target).")
-    coverage: float = Field(1.0, ge=0.0, description="Weight of the share of classes not covered.")
-    fcd: float = Field(0.0, ge=0.0, description="Weight of FCD/100 (optional quality term; 0 leaves it out).")
 
 
 class TuneConfig(Section):
@@ -128,45 +119,6 @@ class TuneConfig(Section):
             raise ValueError("warm_start: trials that resume the trained networks cannot search model.* keys; "
                              "set tune.warm_start=false")
         return self
-
-
-class EvaluateConfig(Section):
-    """Sample quality, per-class metrics and robustness of the candidate."""
-
-    samples_per_class: int = Field(100, ge=2, description="Generated samples per class.")
-    classifier_steps: int = Field(600, ge=1, description="Training steps of the evaluator CNN.")
-    fgsm_eps: float = Field(0.05, ge=0.0, description="L-inf budget (on [-1, 1] images) of the headline numbers.")
-    robustness_eps: list[float] = Field([0.02, 0.05, 0.1], description="L-inf budgets of the robustness curves.")
-    pgd_steps: int = Field(10, ge=1, description="PGD iterations.")
-    kid_subsets: int = Field(10, ge=1, description="KID: number of random subsets averaged.")
-    kid_subset_size: int = Field(100, ge=2, description="KID: samples per subset.")
-    nn_k: int = Field(5, ge=1, description="k of the k-NN balls of precision/recall/density/coverage.")
-    seed: int = Field(0, description="Seed of sampling and the evaluator.")
-    inception_weights: str | None = Field(
-        None, description="Local InceptionV3 FID weights (pt_inception-2015-12-05-6726825d.pth); when set, "
-                          "standard FID/KID are computed too (needs torch-fidelity). Never downloaded.")
-    inception_samples: int = Field(1000, ge=2, description="Generated and real images compared by FID/KID.")
-
-    @field_validator("inception_weights")
-    @classmethod
-    def _weights_exist(cls, path: str | None) -> str | None:
-        if path is not None and not Path(path).expanduser().is_file():
-            raise ValueError(f"{path} is not a file; point it to local InceptionV3 weights or leave it unset")
-        return path
-
-
-class GatesConfig(Section):
-    """Promotion gates: every one must pass for `champion` to move."""
-
-    max_fcd: float | None = Field(None, gt=0.0, description="Maximum classifier-feature Frechet distance.")
-    max_class_kl: float | None = Field(None, ge=0.0, description="Maximum KL(generated classes || uniform).")
-    min_tail_recall: float | None = Field(None, ge=0.0, le=1.0, description="Minimum recall of the rarest third.")
-    min_d_fgsm_accuracy: float | None = Field(None, ge=0.0, le=1.0, description="Minimum D accuracy under FGSM.")
-    max_copy_share: float | None = Field(None, ge=0.0, le=1.0, description=(
-        "Maximum share of samples nearer to a training image (evaluator features) than the nearest 5% of "
-        "held-out images are; about 0.05 without copying, 1.0 for a generator that memorised its data."))
-    require_no_divergence: bool = Field(True, description="Training must not have diverged.")
-    min_improvement: float = Field(0.0, ge=0.0, description="Must beat the champion's FCD by this margin.")
 
 
 class PromoteConfig(Section):

@@ -77,18 +77,28 @@ def execute_stage(job: StageJob) -> dict:
                                job.parent_run_id, upstream_runs, job.forced, job.resume, job.final_uri,
                                job.input_uris, job.store_uri)
             t0 = time.perf_counter()
-            stage.fn(ctx)
+            outputs = recorded_outputs(stage.fn(ctx), out)
             seconds = time.perf_counter() - t0
             digest = directory_digest(out)
             mlflow.set_tag("output_digest", digest)
             mlflow.log_metric("stage_seconds", seconds)
         record = {"stage": job.stage, "fingerprint": job.fingerprint, "digest": digest, "run_id": job.run_id,
-                  "seconds": seconds}
+                  "seconds": seconds, "outputs": outputs}
         publish(out, job.final_uri, record)
         return record
     finally:
         os.chdir(previous_cwd)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def recorded_outputs(returned: dict, out: Path) -> dict[str, str]:
+    """A stage's returned outputs for its marker: paths relative to its output dir, other values as text."""
+    recorded = {}
+    for name, value in (returned or {}).items():
+        if isinstance(value, Path):
+            value = value.relative_to(out).as_posix() if value.is_relative_to(out) else str(value)
+        recorded[name] = str(value)
+    return recorded
 
 
 def publish(out: Path, final_uri: str, record: dict) -> None:

@@ -46,7 +46,7 @@ def cmd_promote(args) -> int:
     cfg = command_config(args, _version_run_id(args))
     client = _client(cfg)
     _require_version(client, args.model, str(args.version))
-    decision = decide(client, args.model, str(args.version), cfg.promote.gates.model_dump(), args.dry_run)
+    decision = decide(client, args.model, str(args.version), cfg.promote.gates, args.dry_run)
     print_decision(decision)
     if args.dry_run:
         print("  (dry run: no alias moved)")
@@ -171,7 +171,7 @@ def cmd_evaluate(args) -> int:
     import shutil
 
     from pipeline.runner import run_pipeline
-    from pipeline.stages.evaluate import evaluate_models
+    from components.evaluation import evaluate_models
 
     _client(command_config(args))  # sets the tracking URI that models:/ and runs:/ resolve against
     G, D = load_any_model(args.model)

@@ -14,8 +14,7 @@ def ddp_config(tmp_path, workers):
     # Norm-free networks: per-rank BatchNorm statistics would make the two set-ups differ by design.
     config = smoke_loop_config(tmp_path / "data", num_workers=workers, batch_size=16, steps=6, report_every=3,
                                checkpoint_every=3)
-    config["model"].update(g_norm="none", d_norm="spectral")
-    return config
+    return config.with_overrides({"model": {"g_norm": "none", "d_norm": "spectral"}})
 
 
 def helper_actor_counts() -> dict[str, int]:
@@ -68,7 +67,7 @@ def test_the_lean_trainer_drops_only_the_helpers_a_run_does_not_use(ray_cluster,
     default = callback_types(config)
     assert PlacementGroupCleanerCallback in default and DatasetsCallback not in default
     assert PlacementGroupCleanerCallback not in callback_types(config, placement_group_cleaner=False)
-    assert DatasetsCallback in callback_types({**config, "reader": "ray_data"})  # Ray Datasets keep their manager
+    assert DatasetsCallback in callback_types(config.with_overrides(reader="ray_data"))  # Ray Datasets keep their manager
 
 
 def test_the_session_cluster_is_owned(ray_cluster):

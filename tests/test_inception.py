@@ -13,7 +13,7 @@ import torch
 from components.errors import UserError
 from components.metrics import inception
 from pipeline.config import load_config
-from pipeline.stages.evaluate import standard_fid
+from components.evaluation import standard_fid
 from tests.conftest import REPO
 
 if importlib.util.find_spec("torch_fidelity") is None:  # its __init__ needs torchvision: only locate it

@@ -222,3 +222,18 @@ def test_registry_and_report_commands_run_from_anywhere(smoke_run, tmp_path, mon
                               text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         assert out.stat().st_size > 0
+
+
+def test_stage_markers_record_what_each_stage_returned(smoke_run):
+    import json
+
+    from components.storage import join, localize
+
+    expected = {"prepare": {"data": "data"}, "train": {"checkpoint": "checkpoint.pt"},
+                "tune": {"candidate": "candidate/checkpoint.pt"}, "evaluate": {"evaluation": "evaluation.json"},
+                "promote": {"promotion": "promotion.json"}}
+    for stage, uri in smoke_run["summary"]["stage_uris"].items():
+        outputs = json.loads(Path(localize(join(uri, "_stage.json"))).read_text())["outputs"]
+        assert expected[stage].items() <= outputs.items(), (stage, outputs)
+        for name in expected[stage]:
+            assert (Path(localize(uri)) / outputs[name]).exists()

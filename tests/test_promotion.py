@@ -9,12 +9,13 @@ from components.errors import UserError
 from components.models import Generator
 from components.promotion import (CHALLENGER, CHAMPION, PREVIOUS, alias_version, check_gates, decide,
                                   ensure_registered_model, rollback, summary_tags)
+from components.promotion_config import GatesConfig
 from components.registry import generator_arch, log_generator
 from pipeline.cli import main
 from tests.conftest import REPO
 
-GATES = {"max_fcd": 100.0, "max_class_kl": 0.5, "min_tail_recall": 0.2, "min_d_fgsm_accuracy": None,
-         "require_no_divergence": True, "min_improvement": 1.0}
+GATES = GatesConfig(max_fcd=100.0, max_class_kl=0.5, min_tail_recall=0.2, min_d_fgsm_accuracy=None,
+                    require_no_divergence=True, min_improvement=1.0)
 NAME = "gen-test"
 
 
@@ -49,7 +50,7 @@ def test_gate_table_lists_each_gate():
 
 
 def test_a_generator_that_copies_its_training_set_is_not_promoted():
-    gates = {"max_copy_share": 0.2, "require_no_divergence": False}
+    gates = GatesConfig(max_copy_share=0.2, require_no_divergence=False)
     copier, fresh = {**evaluation(10.0), "copy_share_feature": 0.9}, {**evaluation(10.0), "copy_share_feature": 0.05}
     assert [r["passed"] for r in check_gates(copier, gates, None)] == [False]
     assert [r["passed"] for r in check_gates(fresh, gates, None)] == [True]

@@ -57,7 +57,7 @@ def test_resume_is_bit_identical(data_dir, tmp_path):
 
     first, cfg, loss = fresh_state(config)
     train_steps(first, loss, cfg, 6)
-    save_checkpoint(first, tmp_path, config["resolved_config"])
+    save_checkpoint(first, tmp_path, config.resolved_config)
     resumed, cfg, loss = fresh_state(config)  # a fresh process would rebuild everything like this
     torch.manual_seed(999)  # scramble global RNG: the checkpoint must restore it
     restore_state(resumed, load_checkpoint(tmp_path))
@@ -90,7 +90,7 @@ def test_malicious_checkpoint_is_refused(tmp_path, capsys):
 def test_truncated_checkpoint_is_refused(data_dir, tmp_path):
     config = smoke_loop_config(data_dir)
     state, _, _ = fresh_state(config)
-    path = save_checkpoint(state, tmp_path, config["resolved_config"])
+    path = save_checkpoint(state, tmp_path, config.resolved_config)
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(UserError, match="refusing checkpoint"):
         load_checkpoint(path)
@@ -119,7 +119,7 @@ def test_restored_optimisers_take_the_new_hyperparameters(data_dir, tmp_path):
 
     config = smoke_loop_config(data_dir, lr_g=2e-4, lr_d=2e-4)
     state, _, _ = fresh_state(config)
-    save_checkpoint(state, tmp_path, config["resolved_config"])
+    save_checkpoint(state, tmp_path, config.resolved_config)
     mutated = smoke_loop_config(data_dir, lr_g=5e-3, lr_d=1e-5, weight_decay=0.01)
     resumed, cfg, _ = fresh_state(mutated)
     restore_state(resumed, load_checkpoint(tmp_path))
@@ -146,7 +146,7 @@ def test_regularised_runs_resume_bit_identically(data_dir, tmp_path, loss, model
 
     first, cfg, first_loss = fresh_state(config)
     train_steps(first, first_loss, cfg, 3)
-    save_checkpoint(first, tmp_path, config["resolved_config"], first_loss)
+    save_checkpoint(first, tmp_path, config.resolved_config, first_loss)
     resumed, cfg, resumed_loss = fresh_state(config)
     torch.manual_seed(999)
     restore_state(resumed, load_checkpoint(tmp_path), resumed_loss)

@@ -86,16 +86,17 @@ class _State:
 
 def test_trial_scorer_adds_mode_coverage_and_is_inf_on_divergence(tmp_path):
     from components.metrics.classifier import EvaluatorCNN
+    from components.metrics.scoring_config import ScoringSpec
     from components.models import Generator
 
     torch.manual_seed(0)
     clf = EvaluatorCNN(1, 32, 10)
     torch.save(clf.state_dict(), tmp_path / "clf.pt")
     np.save(tmp_path / "real.npy", np.random.default_rng(0).normal(size=(50, 128)))
-    spec = {"window": 5, "divergence_bound": 1e4, "per_class": 4, "evaluator": str(tmp_path / "clf.pt"),
+    spec = ScoringSpec.model_validate({"window": 5, "divergence_bound": 1e4, "per_class": 4, "evaluator": str(tmp_path / "clf.pt"),
             "real_features": str(tmp_path / "real.npy"),
             "weights": {"oscillation": 1, "balance": 1, "grad_spikes": 1, "r_target": 0.6, "class_kl": 1,
-                        "coverage": 1, "fcd": 1}}
+                        "coverage": 1, "fcd": 1}})
     trace = {k: [0.5] * 10 for k in ("d_loss", "g_loss", "grad_norm_d", "grad_norm_g", "d_sign_real")}
     scores = TrialScorer(spec, 1, 32, 10)(_State(Generator(1, 32, 10, base=4, z_dim=8).eval(), trace))
     assert {"class_kl", "classes_covered", "uncovered_share", "fcd"} <= set(scores)

@@ -12,27 +12,26 @@ import torch
 
 from components.metrics.classifier import load_classifier, predict
 from components.metrics.quality import class_histogram, frechet_distance
+from components.metrics.scoring_config import ScoringSpec
 from components.metrics.stability import mode_terms, stability_score
 from components.storage import localize
 
 
 class TrialScorer:
-    """`scorer(state) -> metrics`; `spec` is the campaign's plain-dict scoring section:
-    window, weights (oscillation, balance, grad_spikes, r_target, class_kl, coverage, fcd), divergence_bound,
-    and optionally evaluator (classifier file), per_class (samples per class), real_features (.npy, for FCD)."""
+    """`scorer(state) -> metrics`, scored as the campaign's ScoringSpec says."""
 
-    def __init__(self, spec: dict, channels: int, resolution: int, num_classes: int):
+    def __init__(self, spec: ScoringSpec, channels: int, resolution: int, num_classes: int):
         self.spec, self.num_classes = spec, num_classes
         self.classifier = None
-        if spec.get("evaluator"):
-            self.classifier = load_classifier(localize(spec["evaluator"]), channels, resolution, num_classes)
-        self.real_features = np.load(localize(spec["real_features"])) if spec.get("real_features") else None
+        if spec.evaluator:
+            self.classifier = load_classifier(localize(spec.evaluator), channels, resolution, num_classes)
+        self.real_features = np.load(localize(spec.real_features)) if spec.real_features else None
 
     @torch.no_grad()
     def modes(self, G) -> dict[str, float] | None:
         if self.classifier is None:
             return None
-        per_class = self.spec.get("per_class", 10)
+        per_class = self.spec.per_class
         y = torch.arange(self.num_classes).repeat_interleave(per_class)
         z = torch.randn(len(y), G.z_dim, generator=torch.Generator().manual_seed(2024))  # fixed batch
         device = next(G.parameters()).device
@@ -45,8 +44,8 @@ class TrialScorer:
         return mode_terms(class_histogram(pred.numpy(), self.num_classes), self.num_classes, fcd)
 
     def __call__(self, state) -> dict[str, float]:
-        w = self.spec["weights"]
+        w = self.spec.weights
         modes = None if state.diverged else self.modes(state.G_ema)
-        return stability_score(state.trace, self.spec["window"], w["oscillation"], w["balance"], w["grad_spikes"],
-                               w["r_target"], self.spec["divergence_bound"], modes=modes, w_kl=w["class_kl"],
-                               w_cov=w["coverage"], w_fcd=w["fcd"])
+        return stability_score(state.trace, self.spec.window, w.oscillation, w.balance, w.grad_spikes,
+                               w.r_target, self.spec.divergence_bound, modes=modes, w_kl=w.class_kl,
+                               w_cov=w.coverage, w_fcd=w.fcd)

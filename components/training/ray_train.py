@@ -1,45 +1,84 @@
-"""The Ray Train edge: `train_loop_per_worker` wraps the pure loop in DDP, reports and checkpoints."""
+"""The Ray Train edge: `train_loop_per_worker` wraps the networks in DDP and runs the shared worker routine
+(components.training.worker) with a Ray Train session; `run_torch_trainer` launches it."""
 from __future__ import annotations
 
-import logging
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
 from components.data.ray_reader import ray_dataset, shard_tensors
-from components.data.reader import SplitTensors, load_split
 from components.data.shards import read_manifest
-from components.losses import GANLoss, LossConfig
-from components.metrics.trial_scoring import TrialScorer
-from components.models import ModelConfig
 from components.plots import class_sample_grid
-from components.training.checkpoint import load_checkpoint, rank_rng_state, restore_state, save_checkpoint
-from components.training.config import TrainConfig
-from components.training.loop import train_steps
-from components.training.mlflow_logger import MlflowRunLogger
 from components.storage import localize, ray_storage_args
-from components.training.state import apply_hyperparameters, make_state
+from components.training.checkpoint import load_checkpoint, rank_rng_state, restore_state
+from components.training.mlflow_logger import MlflowRunLogger
+from components.training.ray_private import lean_torch_trainer_class, quiet_report_logging
+from components.training.worker import build_worker_state, run_worker
+from components.training.worker_config import WorkerConfig
 
 
-def build_worker_state(loop_config: dict, rank: int, world: int, wrap=lambda m: m, device=torch.device("cpu"),
-                       data: SplitTensors | None = None):
-    """Configs, data and GanState for one rank, from the plain-dict loop config (data: this rank's shard)."""
-    model_cfg = ModelConfig(**loop_config["model"])
-    train_cfg = TrainConfig(**loop_config["train"])
-    data_dir = localize(loop_config["data_dir"])  # a node-local copy when the data sit in remote storage
-    manifest = read_manifest(data_dir)
-    data = data if data is not None else load_split(data_dir, "train")
-    rebalance = loop_config["rebalance"]
-    weights = manifest["train_statistics"]["weights"][loop_config["weight_scheme"]]
-    state = make_state(model_cfg, train_cfg, data, manifest["num_classes"], rebalance, weights, rank, world,
-                       wrap=wrap, device=device, shared_data=loop_config.get("reader", "local") != "ray_data")
-    return state, train_cfg, GANLoss(LossConfig(**loop_config["loss"]))
+class RayTrainSession:
+    """WorkerSession of a Ray Train worker: checkpoints every `checkpoint_every` steps and at the end, rank 0
+    prints progress and logs to MLflow, and the final report says where every rank ran and whether their
+    parameters agree."""
+
+    def __init__(self, config: WorkerConfig, rank: int, world: int, device: torch.device):
+        self.config, self.cfg, self.rank, self.world = config, config.train, rank, world
+        self.nodes = worker_node_ids(world)  # gathered up front: every rank must join the collective
+        target = config.mlflow
+        self.logger = MlflowRunLogger(target.tracking_uri, target.run_id) if rank == 0 and target else None
+        self.z_fixed = torch.randn(8, config.model.z_dim, generator=torch.Generator().manual_seed(1234)).to(device)
+
+    def restore(self, state, loss) -> bool:
+        import ray.train
+
+        resumed = ray.train.get_checkpoint()
+        if resumed is None:
+            return False
+        with resumed.as_directory() as d:
+            restore_state(state, load_checkpoint(d), loss)
+        if self.rank == 0:
+            print(f"  train: resuming from the checkpoint at step {state.step}", flush=True)
+        return True
+
+    def checkpoint_due(self, step: int, last_checkpoint: int, final: bool) -> bool:
+        return final or step - last_checkpoint >= self.cfg.checkpoint_every
+
+    def annotate(self, st, metrics: dict[str, float], final: bool) -> dict:
+        if self.rank == 0:
+            print(progress_line("train", st.step, self.cfg.steps, self.cfg.batch_size, metrics), flush=True)
+        if final:
+            digests = gather_from_ranks(param_digest(st), self.world)
+            metrics = {**metrics, "worker_nodes": self.nodes, "param_digests": digests,
+                       "ranks_in_sync": float(len(set(digests)) == 1)}
+        if self.logger is not None:
+            self._log(st, metrics, final)
+        return metrics
+
+    def _log(self, st, metrics: dict, final: bool) -> None:
+        self.logger.log_metrics(metrics, st.step)
+        if final or st.step % self.cfg.sample_grid_every == 0:
+            self.logger.log_png(class_sample_grid(st.G_ema, st.num_classes, self.z_fixed),
+                                f"samples/step_{st.step:06d}.png")
+        if final:  # the final EMA generator as an MLflow model with a signature, from rank 0 only
+            from components.registry import generator_arch, log_generator_to_run
+
+            arch = generator_arch(st.G_ema, self.config.model.g_base_channels, self.config.model.g_norm)
+            log_generator_to_run(self.config.mlflow.tracking_uri, self.config.mlflow.run_id, st.G_ema, arch)
+
+    def rank_rngs(self, st) -> list:
+        return gather_from_ranks(rank_rng_state(st), self.world)
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train entry: DDP G and D, resume from the latest checkpoint, report every interval."""
+def train_loop_per_worker(config: WorkerConfig) -> None:
+    """Ray Train entry: DDP G and D on this worker's device, then the shared worker routine."""
     import ray.train
     import ray.train.torch
 
@@ -47,7 +86,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     quiet_report_logging()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(loop_config["train"].get("threads_per_worker", 1))
+    torch.set_num_threads(config.train.threads_per_worker)
     device = ray.train.torch.get_device()
     use_cuda = device.type == "cuda"
 
@@ -57,77 +96,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
         return ray.train.torch.prepare_model(module) if world > 1 else module.to(device)
 
     shard = None
-    if loop_config.get("reader") == "ray_data":
-        shape = read_manifest(localize(loop_config["data_dir"]))["image_shape_hwc"]
+    if config.reader == "ray_data":
+        shape = read_manifest(localize(config.data_uri))["image_shape_hwc"]
         shard = shard_tensors(ray.train.get_dataset_shard("train"), shape)
-    state, cfg, loss = build_worker_state(loop_config, rank, world, wrap, device, shard)
-    resumed = ray.train.get_checkpoint()
-    if resumed is not None:
-        with resumed.as_directory() as d:
-            restore_state(state, load_checkpoint(d), loss)
-        if rank == 0:
-            print(f"  train: resuming from the checkpoint at step {state.step}", flush=True)
-    elif loop_config.get("init_checkpoint"):  # warm start (tune trials continue the trained networks)
-        restore_state(state, load_checkpoint(localize(loop_config["init_checkpoint"])), loss)
-    apply_hyperparameters(state, cfg)
-    scorer = None
-    if loop_config.get("scoring") and rank == 0:
-        _, c, h, _ = state.sampler.data.images_u8.shape
-        scorer = TrialScorer(loop_config["scoring"], c, h, state.num_classes)
-
-    nodes = worker_node_ids(world)  # gathered up front: every rank must join the collective
-    mlflow_cfg = loop_config.get("mlflow")
-    logger = MlflowRunLogger(mlflow_cfg["tracking_uri"], mlflow_cfg["run_id"]) if rank == 0 and mlflow_cfg else None
-    z_fixed = torch.randn(8, state.G_ema.z_dim, generator=torch.Generator().manual_seed(1234)).to(device)
-    last_ckpt = [state.step]
-
-    def on_report(st, metrics: dict[str, float]) -> None:
-        final = st.step >= cfg.steps or st.diverged
-        due = final or st.step - last_ckpt[0] >= cfg.checkpoint_every
-        if rank == 0:
-            print(progress_line("train", st.step, cfg.steps, cfg.batch_size, metrics), flush=True)
-        if scorer is not None:  # rank 0's metrics are the ones Tune sees
-            metrics = {**metrics, **scorer(st)}
-        if final:
-            digests = gather_from_ranks(param_digest(st), world)
-            metrics = {**metrics, "worker_nodes": nodes, "param_digests": digests,
-                       "ranks_in_sync": float(len(set(digests)) == 1)}
-        if logger is not None:
-            logger.log_metrics(metrics, st.step)
-            if final or st.step % cfg.sample_grid_every == 0:
-                logger.log_png(class_sample_grid(st.G_ema, st.num_classes, z_fixed),
-                               f"samples/step_{st.step:06d}.png")
-            if final:  # the final EMA generator as an MLflow model with a signature, from rank 0 only
-                from components.registry import generator_arch, log_generator_to_run
-
-                arch = generator_arch(st.G_ema, loop_config["model"]["g_base_channels"], loop_config["model"]["g_norm"])
-                log_generator_to_run(mlflow_cfg["tracking_uri"], mlflow_cfg["run_id"], st.G_ema, arch)
-        rank_rngs = gather_from_ranks(rank_rng_state(st), world) if due else None
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if due and rank == 0:
-                save_checkpoint(st, tmp, loop_config["resolved_config"], loss, rank_rngs)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            if due:
-                last_ckpt[0] = st.step
-            ray.train.report(metrics, checkpoint=checkpoint)
-
-    train_steps(state, loss, cfg, cfg.steps, on_report)
+    state, cfg, loss = build_worker_state(config, rank, world, wrap, device, shard)
+    run_worker(config, RayTrainSession(config, rank, world, device), state, cfg, loss)
 
 
 def quiet_ddp_stride_warning() -> None:
     """Single-input-channel convs give grads with other (equivalent) strides than DDP's buckets: harmless."""
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-
-
-def quiet_report_logging() -> None:
-    """Ray Train 2.60 logs every `report` at INFO through a logger named after its file path, so neither
-    `ray.train`'s level nor LoggingConfig reaches it; our own progress lines already say what a report holds."""
-    try:
-        from ray.train.v2._internal.execution import context as train_context
-    except ImportError:  # another Ray layout: nothing to quieten
-        return
-    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
 def gather_from_ranks(value, world: int) -> list:
@@ -167,66 +145,7 @@ def progress_line(what: str, step: int, total: int, batch: int, m: dict[str, flo
             f"{m['images_per_s']:.0f} img/s  ETA {eta_s:.0f}s")
 
 
-def lean_torch_trainer_class(placement_group_cleaner: bool = True, autoscaling_requests: bool = True):
-    """TorchTrainer without the helper actors a run does not use; each is one more Python process to start,
-    and one more that wakes 100 times a second while the run trains.
-
-    - Ray Train starts a DatasetManager actor for every run, with or without Ray Datasets; without any it
-      serves nothing.
-    - placement_group_cleaner=False drops the detached actor that removes the run's placement group if the
-      controller dies without cleaning up (it also asks the state API every second). Only for a run whose
-      placement group cannot outlive its driver anyway: one started by the driver of a local cluster it
-      owns, where a dead controller fails the run and the cluster ends with the driver. Not for a Tune
-      trial: a scheduler that stops it early kills its controller while the campaign goes on.
-    - autoscaling_requests=False: a fixed-size run does not register its workers' resources with Ray's
-      autoscaling coordinator, a detached actor its controller creates on first use and that then lives as
-      long as the cluster. The requests tell an autoscaler what to add; on a local cluster its driver
-      started there is none, so the actor only costs a process (0.4 % of two cores while training, in
-      bench.cpu_accounting).
-      Elastic runs keep it: they also read back what it reserved.
-    Falls back to TorchTrainer where this Ray lays out its callbacks differently."""
-    from ray.train.torch import TorchTrainer
-
-    try:
-        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
-        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-        from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
-    except ImportError:
-        return TorchTrainer
-
-    class UnannouncedFixedScalingPolicy(FixedScalingPolicy):
-        """FixedScalingPolicy minus its calls to the autoscaling coordinator (registering on start, renewing
-        every 20 s, cancelling on shutdown): the worker group's own placement group still reserves the CPUs."""
-
-        def after_controller_start(self, train_run_context):
-            pass
-
-        def _maybe_send_resource_request(self):
-            pass
-
-        def _send_resource_request(self):
-            pass
-
-        def _cancel_resource_request(self):
-            pass
-
-    class LeanTorchTrainer(TorchTrainer):
-        def _create_default_callbacks(self):
-            unused = () if self.datasets else (DatasetsCallback,)
-            if not placement_group_cleaner:
-                unused += (PlacementGroupCleanerCallback,)
-            return [cb for cb in super()._create_default_callbacks() if not isinstance(cb, unused)]
-
-        def _initialize_and_run_controller(self, **controller_init_kwargs):
-            policy = controller_init_kwargs.get("scaling_policy")
-            if not autoscaling_requests and type(policy) is FixedScalingPolicy:
-                controller_init_kwargs["scaling_policy"] = UnannouncedFixedScalingPolicy(policy.scaling_config)
-            return super()._initialize_and_run_controller(**controller_init_kwargs)
-
-    return LeanTorchTrainer
-
-
-def build_torch_trainer(loop_config: dict, storage: Path | str, run_name: str, callbacks: list | None = None,
+def build_torch_trainer(config: WorkerConfig, storage: Path | str, run_name: str, callbacks: list | None = None,
                         loop_fn=train_loop_per_worker, placement_group_cleaner: bool = True,
                         autoscaling_requests: bool = True):
     """The TorchTrainer for `loop_fn` (default `train_loop_per_worker`); `run_torch_trainer` fits it.
@@ -238,13 +157,13 @@ def build_torch_trainer(loop_config: dict, storage: Path | str, run_name: str, c
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
 
-    cfg = TrainConfig(**loop_config["train"])
+    cfg = config.train
     backend = {"auto": "nccl" if cfg.use_gpu else "gloo"}.get(cfg.backend, cfg.backend)
     storage_path, storage_fs = ray_storage_args(storage)
-    datasets = {"train": ray_dataset(loop_config["data_dir"], "train")} if loop_config.get("reader") == "ray_data" else None
+    datasets = {"train": ray_dataset(config.data_uri, "train")} if config.reader == "ray_data" else None
     return lean_torch_trainer_class(placement_group_cleaner, autoscaling_requests)(
         loop_fn,
-        train_loop_config=loop_config,
+        train_loop_config=config,
         torch_config=TorchConfig(backend=backend),
         datasets=datasets,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
@@ -261,9 +180,9 @@ def build_torch_trainer(loop_config: dict, storage: Path | str, run_name: str, c
     )
 
 
-def run_torch_trainer(loop_config: dict, storage: Path | str, run_name: str, callbacks: list | None = None,
+def run_torch_trainer(config: WorkerConfig, storage: Path | str, run_name: str, callbacks: list | None = None,
                       loop_fn=train_loop_per_worker, placement_group_cleaner: bool = True,
                       autoscaling_requests: bool = True):
     """Fit `build_torch_trainer(...)`; returns the Ray Train Result."""
-    return build_torch_trainer(loop_config, storage, run_name, callbacks, loop_fn, placement_group_cleaner,
+    return build_torch_trainer(config, storage, run_name, callbacks, loop_fn, placement_group_cleaner,
                                autoscaling_requests).fit()

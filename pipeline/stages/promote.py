@@ -34,7 +34,7 @@ def run(ctx: StageContext) -> dict:
     tags = {**summary_tags(evaluation), "data_digest": evaluation.get("data_digest", ""),
             "pipeline_run_id": ctx.parent_run_id, "source_run_id": ctx.run_id}
     version = mlflow.register_model(info.model_uri, pc.model_name, tags=tags).version
-    decision = decide(client, pc.model_name, str(version), pc.gates.model_dump())
+    decision = decide(client, pc.model_name, str(version), pc.gates)
     ctx.write_json("promotion.json", decision)
     mlflow.log_artifact(str(ctx.out_dir / "promotion.json"))
     mlflow.log_metric("promoted", float(decision["promoted"]))

@@ -16,28 +16,28 @@ from components.plots import line_chart
 from components.storage import Location, is_remote, join
 from components.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from components.training.ray_train import run_torch_trainer
+from components.training.worker_config import MlflowTarget, WorkerConfig
 from pipeline.config import PipelineConfig
-from pipeline.ray_edge import owns_local_cluster
+from pipeline.ray_edge import lean_runs
 from pipeline.stages.context import StageContext
 
 
-def build_loop_config(cfg: PipelineConfig, data_dir: Path | str, mlflow_target: dict | None = None,
-                      train_overrides: dict | None = None) -> dict:
-    """The plain-dict config that travels to Ray workers (and to in-process training in tests).
-    data_dir: a local path or a storage URI (workers `localize` it)."""
-    train = {**cfg.train.model_dump(), **(train_overrides or {})}
-    return {
-        "model": cfg.model.model_dump(), "loss": cfg.loss.model_dump(), "train": train,
-        "data_dir": data_dir if is_remote(data_dir) else str(Path(data_dir).resolve()), "rebalance": cfg.data.rebalance,
-        "weight_scheme": cfg.data.weight_scheme, "reader": cfg.data.reader, "mlflow": mlflow_target,
-        "resolved_config": {**cfg.model_dump(mode="json"), "train": train},
-    }
+def build_worker_config(cfg: PipelineConfig, data_uri: Path | str, mlflow_target: MlflowTarget | None = None,
+                        train_overrides: dict | None = None) -> WorkerConfig:
+    """The typed config that travels to Ray workers (and to in-process training in tests and benchmarks).
+    data_uri: a local path or a storage URI (workers `localize` it)."""
+    return WorkerConfig(
+        model=cfg.model, loss=cfg.loss, train=cfg.train.model_copy(update=train_overrides or {}),
+        data_uri=str(data_uri) if is_remote(data_uri) else str(Path(data_uri).resolve()),
+        rebalance=cfg.data.rebalance, weight_scheme=cfg.data.weight_scheme, reader=cfg.data.reader,
+        pipeline_config=cfg.model_dump(mode="json"), mlflow=mlflow_target,
+    ).with_overrides()  # validated again: overrides are checked like a loaded config
 
 
-def loop_config(ctx: StageContext, data_dir: Path | str, train_overrides: dict | None = None) -> dict:
-    """build_loop_config for a stage run: rank 0 logs into the stage's MLflow run."""
-    return build_loop_config(ctx.cfg, data_dir, {"tracking_uri": ctx.tracking_uri, "run_id": ctx.run_id},
-                             train_overrides)
+def worker_config(ctx: StageContext, data_uri: Path | str, train_overrides: dict | None = None) -> WorkerConfig:
+    """build_worker_config for a stage run: rank 0 logs into the stage's MLflow run."""
+    return build_worker_config(ctx.cfg, data_uri, MlflowTarget(tracking_uri=ctx.tracking_uri, run_id=ctx.run_id),
+                               train_overrides)
 
 
 def check_gpu_request(use_gpu: bool, num_workers: int) -> None:
@@ -50,17 +50,15 @@ def check_gpu_request(use_gpu: bool, num_workers: int) -> None:
                         "worker(s): set train.use_gpu=false or submit to a GPU cluster")
 
 
-def fit_and_collect(ctx: StageContext, config: dict, run_name: str, out_dir: Path) -> dict:
+def fit_and_collect(ctx: StageContext, config: WorkerConfig, run_name: str, out_dir: Path) -> dict:
     """Run the TorchTrainer, copy its final checkpoint to out_dir, and return the final metrics."""
-    check_gpu_request(config["train"]["use_gpu"], config["train"]["num_workers"])
+    check_gpu_request(config.train.use_gpu, config.train.num_workers)
     storage = ctx.ray_storage()
     if ctx.forced:  # a run with the same name would resume from its latest checkpoint
         Location(join(storage, run_name)).delete()
-    # Driven from the driver of a local cluster it owns, the run's placement group cannot outlive the cluster,
-    # and no autoscaler reads resource requests (see lean_torch_trainer_class).
-    owned = owns_local_cluster()
-    result = run_torch_trainer(config, storage, run_name, placement_group_cleaner=not owned,
-                               autoscaling_requests=not owned)
+    lean = lean_runs()
+    result = run_torch_trainer(config, storage, run_name, placement_group_cleaner=not lean,
+                               autoscaling_requests=not lean)
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}")
     with result.checkpoint.as_directory() as d:
@@ -71,7 +69,7 @@ def fit_and_collect(ctx: StageContext, config: dict, run_name: str, out_dir: Pat
 def run(ctx: StageContext) -> dict:
     import mlflow  # here, not at the top: the helpers above also run where MLflow is absent (bench/)
 
-    config = loop_config(ctx, ctx.input_uri("prepare", "data"))
+    config = worker_config(ctx, ctx.input_uri("prepare", "data"))
     metrics = fit_and_collect(ctx, config, f"{ctx.cfg.name}-train-{ctx.fingerprint[:12]}", ctx.out_dir)
     ckpt = load_checkpoint(ctx.out_dir / CHECKPOINT_FILE)
     trace = {k: v.tolist() for k, v in ckpt["trace"].items()}

@@ -5,35 +5,30 @@ Writes: results.csv, best_config.json, candidate/checkpoint.pt (best trial or re
 """
 from __future__ import annotations
 
-import copy
-import logging
 import json
 import math
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import mlflow
 import numpy as np
-import torch
 
 from components.data.reader import load_split
 from components.data.shards import read_manifest
 from components.errors import UserError
 from components.metrics.classifier import cached_classifier, classifier_cache_path, predict
-from components.metrics.trial_scoring import TrialScorer
+from components.metrics.scoring_config import ScoringSpec
 from components.plots import line_chart, scatter_chart
-from components.storage import Location, join, localize, ray_storage_args
-from components.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_state, save_checkpoint
-from components.training.loop import train_steps
-from components.training.ray_train import build_worker_state, run_torch_trainer
-from components.training.state import apply_hyperparameters
+from components.storage import Location, join, ray_storage_args
+from components.training.checkpoint import CHECKPOINT_FILE
+from components.training.trial import Campaign, tune_trial
+from components.training.worker_config import WorkerConfig
 from pipeline.config import SearchDim
-from pipeline.ray_edge import owns_local_cluster
+from pipeline.ray_edge import lean_runs
 from pipeline.stages.context import StageContext, read_json
-from pipeline.stages.train import fit_and_collect, loop_config
+from pipeline.stages.train import fit_and_collect, worker_config
 
 
 def to_param_space(space: dict[str, SearchDim], pbt: bool = False) -> dict:
@@ -53,69 +48,6 @@ def to_param_space(space: dict[str, SearchDim], pbt: bool = False) -> dict:
         section, field = key.split(".", 1)
         nested.setdefault(section, {})[field] = makers[dim.type](dim)
     return nested
-
-
-def merge_trial(base: dict, trial: dict, workers: int = 1) -> dict:
-    """The base loop config with the trial's sampled sections laid over it (no MLflow from trials)."""
-    merged = copy.deepcopy(base)
-    for section, values in trial.items():
-        merged[section].update(values)
-    merged["train"]["num_workers"] = workers
-    merged["mlflow"] = None
-    return merged
-
-
-def tune_trial(trial: dict, base: dict, campaign: dict) -> None:
-    """One trial. One worker: the same train_steps loop in the trial process (least start-up). More: a
-    TorchTrainer launched from here, whose rank 0 reports through TuneReportCallback."""
-    from ray import tune
-
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no per-checkpoint chatter; we print progress
-    config = merge_trial(base, trial, campaign["trial_workers"])
-    config["train"]["report_every"] = campaign["report_every"]
-    warm_path = campaign["warm_start_checkpoint"]
-    config["train"]["steps"] = campaign["warm_start_step"] + campaign["steps"]
-    config["resolved_config"] = {**config["resolved_config"], **{k: config[k] for k in ("train", "loss", "model")}}
-    if campaign["trial_workers"] > 1:
-        _distributed_trial(config, campaign)
-        return
-
-    torch.set_num_threads(1)
-    state, cfg, loss = build_worker_state(config, rank=0, world=1)
-    resumed = tune.get_checkpoint()
-    if resumed is not None:  # Tune restarted this trial, or PBT cloned a better one: continue from it
-        with resumed.as_directory() as d:
-            restore_state(state, load_checkpoint(d), loss)
-    elif warm_path:  # continue the train stage's networks under this trial's settings
-        restore_state(state, load_checkpoint(localize(warm_path)), loss)
-    apply_hyperparameters(state, cfg)  # the trial's (possibly mutated) values win over the saved ones
-    _, c, h, _ = state.sampler.data.images_u8.shape
-    scorer = TrialScorer(campaign["scoring"], c, h, state.num_classes)
-
-    def on_report(st, metrics):
-        metrics = {**metrics, **scorer(st)}
-        final = st.step >= cfg.steps or st.diverged
-        if not (final or campaign["checkpoint_every_report"]):
-            tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:  # the final state is the trial's candidate model
-            save_checkpoint(st, tmp, config["resolved_config"], loss)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-
-    train_steps(state, loss, cfg, cfg.steps, on_report)
-
-
-def _distributed_trial(config: dict, campaign: dict) -> None:
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    config["scoring"] = campaign["scoring"]
-    config["init_checkpoint"] = campaign["warm_start_checkpoint"]
-    # Ray Train checkpoints go to the campaign's storage (shared when remote), one run per trial.
-    result = run_torch_trainer(config, campaign["trial_storage"], f"train-{tune.get_context().get_trial_id()}",
-                               callbacks=[TuneReportCallback()], autoscaling_requests=campaign["autoscaling_requests"])
-    if result.error is not None:
-        raise RuntimeError(f"trial training failed: {result.error}")
 
 
 def param_space(tc) -> dict:
@@ -171,27 +103,27 @@ def trial_resources(tc) -> dict:
     return {"cpu": 1} if tc.trial_workers == 1 else {"cpu": 0, "memory": 64 * 2**20}
 
 
-def scoring_spec(ctx: StageContext, data_dir: Path) -> dict:
+def scoring_spec(ctx: StageContext, data_dir: Path) -> ScoringSpec:
     """What every trial needs to score itself: window, weights, and the evaluator classifier (trained once,
     cached by data digest, shared with the evaluate stage) plus real features when FCD is weighted."""
     tc, ec = ctx.cfg.tune, ctx.cfg.evaluate
-    spec = {"window": tc.window, "weights": tc.weights.model_dump(),
-            "divergence_bound": ctx.cfg.train.divergence_bound, "per_class": tc.coverage_per_class}
+    spec = ScoringSpec(window=tc.window, weights=tc.weights, divergence_bound=ctx.cfg.train.divergence_bound,
+                       per_class=tc.coverage_per_class)
     if tc.coverage_per_class > 0 or tc.weights.fcd > 0:
         manifest = read_manifest(data_dir)
         train = load_split(data_dir, "train")
         clf = cached_classifier(ctx.work_dir / "cache", manifest["digest"], train, manifest["num_classes"],
                                 ec.classifier_steps, ec.seed)
-        spec["evaluator"] = ctx.share(classifier_cache_path(ctx.work_dir / "cache", manifest["digest"],
-                                                            ec.classifier_steps, ec.seed))
+        spec.evaluator = ctx.share(classifier_cache_path(ctx.work_dir / "cache", manifest["digest"],
+                                                         ec.classifier_steps, ec.seed))
         if tc.weights.fcd > 0:
             feats, _ = predict(clf, load_split(data_dir, "val").images_float())
             np.save(ctx.out_dir / "real_features.npy", feats.numpy())
-            spec["real_features"] = ctx.share(ctx.out_dir / "real_features.npy")
+            spec.real_features = ctx.share(ctx.out_dir / "real_features.npy")
     return spec
 
 
-def run_campaign(ctx: StageContext, base: dict):
+def run_campaign(ctx: StageContext, base: WorkerConfig):
     """Tuner.fit over the configured space; returns the ResultGrid."""
     from ray import tune
 
@@ -201,19 +133,19 @@ def run_campaign(ctx: StageContext, base: dict):
     name = f"{ctx.cfg.name}-tune-{ctx.fingerprint[:12]}"
     warm = ctx.input_uri("train", CHECKPOINT_FILE) if tc.warm_start else None
     warm_step = int(read_json(ctx.input("train") / "metrics.json")["steps"]) if warm else 0
-    campaign = {"steps": tc.steps, "report_every": tc.report_every, "trial_workers": tc.trial_workers,
-                "scoring": scoring_spec(ctx, ctx.input("prepare") / "data"),
-                "checkpoint_every_report": tc.scheduler == "pbt",
-                "warm_start_checkpoint": warm, "warm_start_step": warm_step,
-                "trial_storage": join(ctx.ray_storage(), f"{name}-trials"),  # multi-worker trials' Ray Train runs
-                # A local cluster the driver owns has no autoscaler to read resource requests.
-                "autoscaling_requests": not owns_local_cluster()}
+    campaign = Campaign(steps=tc.steps, report_every=tc.report_every, trial_workers=tc.trial_workers,
+                        scoring=scoring_spec(ctx, ctx.input("prepare") / "data"),
+                        checkpoint_every_report=tc.scheduler == "pbt",
+                        warm_start_checkpoint=warm, warm_start_step=warm_step,
+                        trial_storage=join(ctx.ray_storage(), f"{name}-trials"),  # multi-worker trials' runs
+                        # A trial keeps its placement-group cleaner: a scheduler may stop it mid-campaign.
+                        autoscaling_requests=not lean_runs())
     trainable = tune.with_resources(tune.with_parameters(tune_trial, base=base, campaign=campaign),
                                     trial_resources(tc))
     experiment = Location(join(ctx.ray_storage(), name))
     if ctx.forced:
         experiment.delete()
-        Location(campaign["trial_storage"]).delete()
+        Location(campaign.trial_storage).delete()
     storage, fs = ray_storage_args(ctx.ray_storage())
     if tune.Tuner.can_restore(f"{storage}/{name}", storage_filesystem=fs):
         if not ctx.resume:
@@ -311,7 +243,7 @@ def _plots(ctx: StageContext, rows: list[dict]) -> None:
 
 def run(ctx: StageContext) -> dict:
     data_uri = ctx.input_uri("prepare", "data")
-    rows = _trial_rows(run_campaign(ctx, loop_config(ctx, data_uri)), ray_storage_args(ctx.ray_storage())[1])
+    rows = _trial_rows(run_campaign(ctx, worker_config(ctx, data_uri)), ray_storage_args(ctx.ray_storage())[1])
     best = pick_best(rows)
     for r in rows:
         print(f"  tune trial {r['trial']}: {json.dumps(r['config'])} score {r['score']:.4g}"
@@ -334,9 +266,6 @@ def run(ctx: StageContext) -> dict:
         with best["checkpoint"].as_directory() as d:
             shutil.copy2(Path(d) / CHECKPOINT_FILE, candidate / CHECKPOINT_FILE)
     else:  # retrain the best config on the full training budget with the distributed trainer
-        overrides = best["config"].get("train", {})
-        config = loop_config(ctx, data_uri, overrides)
-        for section in ("loss", "model"):
-            config[section].update(best["config"].get(section, {}))
+        config = worker_config(ctx, data_uri).with_overrides(best["config"])
         fit_and_collect(ctx, config, f"{ctx.cfg.name}-retrain-{ctx.fingerprint[:12]}", candidate)
     return {"candidate": candidate / CHECKPOINT_FILE}
