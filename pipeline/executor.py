@@ -92,9 +92,10 @@ def execute_stage(job: StageJob) -> dict:
 
 
 def recorded_outputs(returned: dict, out: Path) -> dict[str, str]:
-    """A stage's returned outputs for its marker: paths relative to its output dir, other values as text."""
+    """A stage's returned outputs for its marker: paths relative to its output dir, other values as text
+    (a stage that returns no dict records none)."""
     recorded = {}
-    for name, value in (returned or {}).items():
+    for name, value in (returned if isinstance(returned, dict) else {}).items():
         if isinstance(value, Path):
             value = value.relative_to(out).as_posix() if value.is_relative_to(out) else str(value)
         recorded[name] = str(value)

@@ -19,8 +19,14 @@ def crd_schema(kind: str) -> dict:
 
 
 def pinned_ray() -> str:
+    """The Ray that make installs and CI tests (constraints.txt), which the package's range must admit."""
+    pin = re.search(r"^ray==([\d.]+)$", (REPO / "constraints.txt").read_text(), re.M).group(1)
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    return next(re.search(r"==([\d.]+)", d).group(1) for d in deps if d.startswith("ray["))
+    allowed = next(d for d in deps if d.startswith("ray["))
+    from packaging.requirements import Requirement
+
+    assert Requirement(allowed.split("#")[0].strip()).specifier.contains(pin), (allowed, pin)
+    return pin
 
 
 def all_yaml():
