@@ -31,7 +31,7 @@ from components.data.prepare import prepare_dataset  # noqa: E402
 from components.training.loop import train_steps  # noqa: E402
 from components.training.worker import build_worker_state  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.stages.train import build_worker_config  # noqa: E402
+from pipeline.workers import build_worker_config  # noqa: E402
 
 WARMUP = 10
 STEPS = 60

@@ -35,7 +35,7 @@ from components.training.loop import train_steps  # noqa: E402
 from components.training.worker import build_worker_state  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from components.evaluation import evaluate_models  # noqa: E402
-from pipeline.stages.train import build_worker_config  # noqa: E402
+from pipeline.workers import build_worker_config  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"

@@ -47,7 +47,7 @@ from components.training.worker import build_worker_state  # noqa: E402
 from components.training.worker_config import WorkerConfig  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.ray_edge import ensure_ray, keep_ray_on_loopback, lean_runs  # noqa: E402
-from pipeline.stages.train import build_worker_config  # noqa: E402
+from pipeline.workers import build_worker_config  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 PER_WORKER_BATCH = 64

@@ -9,7 +9,7 @@ from components.data.prepare import prepare_dataset
 from components.training.worker import build_worker_state
 from components.training.worker_config import WorkerConfig
 from pipeline.config import load_config
-from pipeline.stages.train import build_worker_config
+from pipeline.workers import build_worker_config
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -13,25 +13,13 @@ from pathlib import Path
 
 from components.errors import UserError
 from components.plots import line_chart
-from components.storage import Location, is_remote, join
+from components.storage import Location, join
 from components.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from components.training.ray_train import run_torch_trainer
 from components.training.worker_config import MlflowTarget, WorkerConfig
-from pipeline.config import PipelineConfig
+from pipeline.workers import build_worker_config
 from pipeline.ray_edge import lean_runs
 from pipeline.stages.context import StageContext
-
-
-def build_worker_config(cfg: PipelineConfig, data_uri: Path | str, mlflow_target: MlflowTarget | None = None,
-                        train_overrides: dict | None = None) -> WorkerConfig:
-    """The typed config that travels to Ray workers (and to in-process training in tests and benchmarks).
-    data_uri: a local path or a storage URI (workers `localize` it)."""
-    return WorkerConfig(
-        model=cfg.model, loss=cfg.loss, train=cfg.train.model_copy(update=train_overrides or {}),
-        data_uri=str(data_uri) if is_remote(data_uri) else str(Path(data_uri).resolve()),
-        rebalance=cfg.data.rebalance, weight_scheme=cfg.data.weight_scheme, reader=cfg.data.reader,
-        pipeline_config=cfg.model_dump(mode="json"), mlflow=mlflow_target,
-    ).with_overrides()  # validated again: overrides are checked like a loaded config
 
 
 def worker_config(ctx: StageContext, data_uri: Path | str, train_overrides: dict | None = None) -> WorkerConfig:
