@@ -237,3 +237,28 @@ def test_stage_markers_record_what_each_stage_returned(smoke_run):
         assert expected[stage].items() <= outputs.items(), (stage, outputs)
         for name in expected[stage]:
             assert (Path(localize(uri)) / outputs[name]).exists()
+
+
+def test_a_comment_in_the_report_module_leaves_every_stage_cached(smoke_run, tmp_path, monkeypatch):
+    """The smoke DAG's outputs, planned again with the code digests of an edited copy of the source: a
+    comment in pipeline/report.py and in the CLI reruns nothing; a change to the loss maths reruns train."""
+    import shutil
+
+    from pipeline import runner
+    from pipeline.dag import STAGES
+    from pipeline.fingerprint import code_digest
+    from tests.conftest import REPO
+
+    for pkg in ("components", "pipeline"):
+        shutil.copytree(REPO / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(runner, "stage_code_digests",
+                        lambda: {s.name: code_digest(s.fn.__module__, tmp_path) for s in STAGES})
+    report, cli = tmp_path / "pipeline" / "report.py", tmp_path / "pipeline" / "cli.py"
+    report.write_text(report.read_text().replace("def build_html(", "# Reworded for readers.\ndef build_html(", 1))
+    cli.write_text(cli.read_text().replace("def main(", "# A note.\ndef main(", 1))
+    assert dict(runner.plan(smoke_run["cfg"])) == dict.fromkeys([s.name for s in STAGES], "cached")
+
+    losses = tmp_path / "components" / "losses.py"
+    losses.write_text(losses.read_text().replace("return real, fake", "return real, fake * 1.0", 1))
+    plan = dict(runner.plan(smoke_run["cfg"]))
+    assert plan["prepare"] == "cached" and plan["train"] == "run"
