@@ -36,8 +36,8 @@ def check_gates(evaluation: dict, gates: GatesConfig, champion_evaluation: dict 
             value = float(evaluation.get(metric, math.nan))
             rows.append({"gate": name, "value": value, "threshold": threshold,
                          "passed": math.isfinite(value) and bool(passes(value, threshold))})
-    if gates.require_no_divergence:
-        diverged = float(evaluation.get("diverged", 0.0))
+    if gates.require_no_divergence:  # a version with no record of how its training ended fails too
+        diverged = float(evaluation.get("diverged", math.nan))
         rows.append({"gate": "no_divergence", "value": diverged, "threshold": 0.0, "passed": diverged == 0.0})
     if champion_evaluation is not None and "fcd" in champion_evaluation:
         bar = champion_evaluation["fcd"] - gates.min_improvement

@@ -123,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
                                "(or --config) and move champion/challenger/previous-champion.")
     promote.add_argument("--version", required=True, help="model version to judge")
     promote.add_argument("--dry-run", action="store_true", help="decide, but move no alias")
+    promote.add_argument("--fail-if-rejected", action="store_true",
+                         help="exit with status 3 when a gate rejects the version (for CI)")
     _registry_parser(sub, "rollback", "move champion back to previous-champion",
                      "Move the champion alias back to the version that holds previous-champion.")
     ev = _registry_parser(sub, "evaluate", "evaluate a saved model outside the DAG (quality, per-class, robustness)",

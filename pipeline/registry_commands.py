@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 
 from components.errors import UserError
+
+REJECTED_EXIT = 3  # `promote --fail-if-rejected` when a gate fails: distinct from 2, bad input
 from pipeline.command_config import command_config, tracking_uri_of
 from pipeline.tracking import absolute_tracking_uri
 
@@ -51,7 +53,7 @@ def cmd_promote(args) -> int:
     if args.dry_run:
         print("  (dry run: no alias moved)")
     print(json.dumps({k: decision[k] for k in ("model_name", "version", "promoted", "failed_gates")}))
-    return 0
+    return REJECTED_EXIT if args.fail_if_rejected and not decision["promoted"] else 0
 
 
 def cmd_rollback(args) -> int:

@@ -137,3 +137,17 @@ def test_rollback_without_previous_is_a_user_error(registry):
     ensure_registered_model(registry["client"], "lonely")
     with pytest.raises(UserError, match="no 'previous-champion'"):
         rollback(registry["client"], "lonely")
+
+
+def test_a_missing_divergence_record_fails_its_gate():
+    unknown = evaluation(50.0)
+    del unknown["diverged"]
+    row = next(r for r in check_gates(unknown, GATES, None) if r["gate"] == "no_divergence")
+    assert row["passed"] is False and check_gates(evaluation(50.0), GATES, None)[-1]["passed"] is True
+
+
+def test_cli_promote_fail_if_rejected_exits_3(registry, capsys):
+    v = registry["register"](evaluation(0.5, diverged=1.0))  # rejected by no_divergence
+    assert cli(registry, "promote", "--model", NAME, "--version", v, "--dry-run") == 0
+    assert cli(registry, "promote", "--model", NAME, "--version", v, "--dry-run", "--fail-if-rejected") == 3
+    assert '"promoted": false' in capsys.readouterr().out
