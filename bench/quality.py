@@ -31,10 +31,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from components.data.prepare import prepare_dataset  # noqa: E402
+from components.evaluation import evaluate_models  # noqa: E402
 from components.training.loop import train_steps  # noqa: E402
 from components.training.worker import build_worker_state  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from components.evaluation import evaluate_models  # noqa: E402
 from pipeline.workers import build_worker_config  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"

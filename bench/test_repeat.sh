@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# `make test` on fresh clones of HEAD's commit (fixed when the script starts): N runs as they are, then one with a busy process pinned to core 0 for
-# the whole run (a stand-in for a slower machine). Each clone builds its own .venv. Writes
-# bench/results/test_repeat.json; the logs stay in the printed temp dir.
+# `make test` on fresh clones of HEAD's commit (fixed when the script starts): N runs as they are, then one
+# with a busy process pinned to core 0 for the whole run (a stand-in for a slower machine). Each clone builds
+# its own .venv. Writes bench/results/test_repeat.json; the logs stay in the printed temp dir.
 # Usage: bash bench/test_repeat.sh [N]   (N defaults to 3)
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import subprocess
@@ -38,8 +39,21 @@ def module_file(name: str, root: Path = ROOT) -> Path | None:
 def imported_modules(path: Path) -> set[str]:
     """Project modules named by the file's import statements, function-level imports included; importing
     a.b.c also runs a and a.b, so their packages count too."""
+    return _source_facts(path, *_stamp(path))[1]
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=1024)
+def _source_facts(path: Path, size: int, mtime_ns: int) -> tuple[str, frozenset[str]]:
+    """(syntax-tree dump, project modules it imports) of one file, parsed once per version of the file:
+    every stage's digest shares most of its files."""
+    tree = ast.parse(path.read_text())
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -49,7 +63,7 @@ def imported_modules(path: Path) -> set[str]:
         for name in names:
             parts = name.split(".")
             found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
-    return {n for n in found if n.split(".")[0] in PACKAGE_ROOTS}
+    return ast.dump(tree), frozenset(n for n in found if n.split(".")[0] in PACKAGE_ROOTS)
 
 
 def module_closure(module: str, root: Path = ROOT) -> list[Path]:
@@ -73,7 +87,7 @@ def code_digest(module: str, root: Path = ROOT) -> str:
     h = hashlib.sha256()
     for path in module_closure(module, root):
         h.update(str(path.relative_to(root)).encode())
-        h.update(ast.dump(ast.parse(path.read_text())).encode())
+        h.update(_source_facts(path, *_stamp(path))[0].encode())
     for lib in LIBRARIES:
         try:
             h.update(f"{lib}=={metadata.version(lib)}".encode())

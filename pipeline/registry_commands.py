@@ -47,7 +47,6 @@ def cmd_promote(args) -> int:
 
     cfg = command_config(args, _version_run_id(args))
     client = _client(cfg)
-    _require_version(client, args.model, str(args.version))
     decision = decide(client, args.model, str(args.version), cfg.promote.gates, args.dry_run)
     print_decision(decision)
     if args.dry_run:
@@ -172,10 +171,12 @@ def cmd_evaluate(args) -> int:
     import os
     import shutil
 
-    from pipeline.runner import run_pipeline
-    from components.evaluation import evaluate_models
+    import mlflow
 
-    _client(command_config(args))  # sets the tracking URI that models:/ and runs:/ resolve against
+    from components.evaluation import evaluate_models
+    from pipeline.runner import run_pipeline
+
+    mlflow.set_tracking_uri(absolute_tracking_uri(tracking_uri_of(args)))  # what models:/ and runs:/ resolve against
     G, D = load_any_model(args.model)
     cfg = command_config(args, model_run_id(args.model))
     data_dir = Path(run_pipeline(cfg, until="prepare")["stage_dirs"]["prepare"]) / "data"
