@@ -80,6 +80,12 @@ class Location:
             fs, path = self.fs_and_path()
             fs.delete_dir(path)
 
+    def delete_file(self) -> None:
+        """Remove the file here, if any."""
+        if self.exists():
+            fs, path = self.fs_and_path()
+            fs.delete_file(path)
+
     def upload(self, local_dir: Path) -> None:
         """Copy local_dir's tree here (files already here with other names are removed first)."""
         import pyarrow.fs as pafs
@@ -122,6 +128,30 @@ def local_cache_root() -> Path:
     return Path(os.environ.get("GANPIPE_CACHE") or Path(tempfile.gettempdir()) / f"ganpipe-cache-{os.getuid()}")
 
 
+def _listing(fs, path: str, info) -> list[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of the file at `path`, or of every file under it."""
+    import pyarrow.fs as pafs
+
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True)) if info.type == pafs.FileType.Directory \
+        else [info]
+    return sorted((i.path, i.size, i.mtime_ns) for i in infos if i.type == pafs.FileType.File)
+
+
+def listing_fingerprint(uri: str | os.PathLike) -> str:
+    """sha256 of the paths, sizes and modification times under a local path or storage URI: a file added,
+    removed, replaced or touched changes it; reading no file content keeps it cheap on large folders."""
+    import pyarrow.fs as pafs
+
+    loc = Location(str(uri) if is_remote(uri) else str(Path(str(uri).removeprefix("file://")).expanduser()))
+    fs, path = loc.fs_and_path()
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise UserError(f"data.path not found: {uri} (check the path or URI)")
+    base = path.rstrip("/")
+    rows = [(p.removeprefix(base), size, mtime) for p, size, mtime in _listing(fs, path, info)]
+    return hashlib.sha256(repr(rows).encode()).hexdigest()
+
+
 def localize(uri: str | os.PathLike) -> Path:
     """A local path holding what `uri` names (a file or a directory tree). Local URIs are returned as they
     are. Remote ones are downloaded into the node-local cache, keyed by the URI and the listing (paths,
@@ -139,9 +169,7 @@ def localize(uri: str | os.PathLike) -> Path:
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"{uri} does not exist")
-    listing = fs.get_file_info(pafs.FileSelector(path, recursive=True)) if info.type == pafs.FileType.Directory \
-        else [info]
-    key = hashlib.sha256(repr((loc.uri, sorted((i.path, i.size, i.mtime_ns) for i in listing))).encode())
+    key = hashlib.sha256(repr((loc.uri, _listing(fs, path, info))).encode())
     root = local_cache_root()
     target = root / key.hexdigest()[:24] / (path.rstrip("/").rsplit("/", 1)[-1] or "root")
     if target.exists():

@@ -8,7 +8,8 @@ import argparse
 import os
 import sys
 
-from components.errors import UserError
+from components.errors import RunFailed, UserError
+from pipeline import signals
 from pipeline.ray_edge import keep_ray_on_loopback
 
 ENV_OVERRIDES = {"MLFLOW_TRACKING_URI": "tracking.uri", "RAY_ADDRESS": "ray.address"}
@@ -88,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="rerun STAGE and everything downstream")
     run.add_argument("--only", choices=STAGE_NAMES, metavar="STAGE",
                      help="run just STAGE (its upstream outputs must be cached)")
+    run.add_argument("--verify", action="store_true",
+                     help="re-read cached outputs and check their content digests (file sizes are always checked)")
     run.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (listed in the log)")
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
@@ -180,7 +183,7 @@ def cmd_run(args) -> int:
         return 0
     from pipeline.runner import run_pipeline
 
-    summary = run_pipeline(cfg, force, args.only)
+    summary = run_pipeline(cfg, force, args.only, verify=args.verify)
     if args.only:
         print(f"ran only {args.only}; parent run {summary['parent_run_id']}")
     else:
@@ -244,6 +247,7 @@ COMMANDS = {"run": cmd_run, "tune": cmd_tune, "submit": cmd_submit}
 
 def main(argv: list[str] | None = None) -> int:
     keep_ray_on_loopback()
+    signals.install()
     try:
         args = _parser().parse_args(argv)
     except UserError as err:
@@ -256,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunFailed as err:
+        if args.debug:
+            raise
+        print(f"failed: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        status = signals.exit_status()
+        print("terminated" if status == 143 else "interrupted", file=sys.stderr)
+        return status

@@ -2,12 +2,12 @@
 
 The executor gets URIs, never shared paths: it materialises its inputs on its own disk (`localize`: a
 no-op for local storage), runs the stage into a scratch directory under the stage's MLflow child run, and
-publishes the outputs to the stage's URI with the `_stage.json` marker last, so a stage is cached only
-when all of its outputs are in place. A failed stage leaves nothing behind.
+publishes the outputs to the stage's URI with the `_stage.json` marker last (pipeline/outputs.py), so a stage
+is cached only when all of its outputs are in place, and its run is FINISHED only once they are. A failed
+stage leaves nothing behind.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -18,14 +18,13 @@ from pathlib import Path
 
 import mlflow
 
-from components.errors import UserError
-from components.storage import Location, is_remote, localize
+from components.errors import RunFailed, UserError
+from components.storage import is_remote, localize
 from pipeline.config import PipelineConfig, dump_config, flat_params
 from pipeline.fingerprint import directory_digest
+from pipeline.outputs import file_listing, publish
+from pipeline.tracking import killed_on_interrupt
 from pipeline.stages.context import StageContext
-
-MARKER = "_stage.json"
-
 
 @dataclass(frozen=True)
 class StageJob:
@@ -67,7 +66,7 @@ def execute_stage(job: StageJob) -> dict:
     try:
         mlflow.set_tracking_uri(job.tracking_uri)
         inputs = {u: localize(uri) for u, uri in job.input_uris.items()}
-        with mlflow.start_run(run_id=job.run_id, nested=True):
+        with mlflow.start_run(run_id=job.run_id, nested=True), killed_on_interrupt():
             mlflow.set_tags({"stage": job.stage, "executor_host": socket.gethostname(),
                              "executor_pid": str(os.getpid()), **job.lineage})
             mlflow.log_params(flat_params(sections_of(job.cfg, stage)))
@@ -82,9 +81,9 @@ def execute_stage(job: StageJob) -> dict:
             digest = directory_digest(out)
             mlflow.set_tag("output_digest", digest)
             mlflow.log_metric("stage_seconds", seconds)
-        record = {"stage": job.stage, "fingerprint": job.fingerprint, "digest": digest, "run_id": job.run_id,
-                  "seconds": seconds, "outputs": outputs}
-        publish(out, job.final_uri, record)
+            record = {"stage": job.stage, "fingerprint": job.fingerprint, "digest": digest, "run_id": job.run_id,
+                      "seconds": seconds, "outputs": outputs, "listing": file_listing(out)}
+            publish(out, job.final_uri, record)  # inside the run: a failed publish ends it FAILED, not FINISHED
         return record
     finally:
         os.chdir(previous_cwd)
@@ -100,20 +99,6 @@ def recorded_outputs(returned: dict, out: Path) -> dict[str, str]:
             value = value.relative_to(out).as_posix() if value.is_relative_to(out) else str(value)
         recorded[name] = str(value)
     return recorded
-
-
-def publish(out: Path, final_uri: str, record: dict) -> None:
-    """Move the finished outputs to final_uri; the marker goes last, so readers never see half a stage."""
-    if not is_remote(final_uri):
-        final = Path(final_uri)
-        (out / MARKER).write_text(json.dumps(record, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(out, final)
-        return
-    loc = Location(final_uri)
-    loc.upload(out)
-    loc.child(MARKER).write_text(json.dumps(record, indent=2))
 
 
 def sections_of(cfg: PipelineConfig, stage) -> dict:
@@ -136,6 +121,6 @@ def submit_stage(job: StageJob, as_ray_task: bool) -> dict:
         ray.cancel(ref)  # the task gets the interrupt too: Tune saves its state, Train stops its workers
         raise
     except RayTaskError as err:
-        if isinstance(err.cause, UserError):  # one line for the user, not the remote traceback
+        if isinstance(err.cause, (UserError, RunFailed)):  # one line for the user, not the remote traceback
             raise err.cause from None
         raise

@@ -112,10 +112,10 @@ def stage_fingerprint(name: str, sections: dict, code_version: str, upstream_dig
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def directory_digest(path: Path) -> str:
-    """sha256 over relative paths and bytes of every file under `path`."""
+def directory_digest(path: Path, exclude: tuple[str, ...] = ()) -> str:
+    """sha256 over relative paths and bytes of every file under `path` (files named in `exclude` left out)."""
     h = hashlib.sha256()
-    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+    for file in sorted(p for p in Path(path).rglob("*") if p.is_file() and p.name not in exclude):
         h.update(str(file.relative_to(path)).encode())
         with open(file, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -5,6 +5,7 @@ import contextlib
 import os
 
 from components.training.allocator import set_allocator_env_for_children
+from pipeline import signals
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 # Ray Train's controller polls its workers every 2 s by default, and a run's last report and its end each
@@ -72,6 +73,7 @@ def ensure_ray(address: str | None, num_cpus: int | None, local_tuning: bool = T
     quiet = {"log_to_driver": True, "logging_level": "warning"}
     if address:
         ray.init(address=address, **quiet)
+        signals.install()
         return False
     if local_tuning:
         for key, value in LOCAL_CLUSTER_ENV.items():
@@ -83,6 +85,7 @@ def ensure_ray(address: str | None, num_cpus: int | None, local_tuning: bool = T
     # The dashboard serves Ray's state API, which Train's placement-group cleaner polls; keep it on loopback.
     with batch_scheduled(local_tuning):
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
+    signals.install()
     global _owned_gcs_address, _owned_tuned
     _owned_gcs_address, _owned_tuned = ray.get_runtime_context().gcs_address, local_tuning
     return True

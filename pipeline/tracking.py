@@ -1,8 +1,10 @@
 """The MLflow edge of the pipeline: resolve the tracking URI, find the experiment, open runs."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 from pathlib import Path
 
 import mlflow
@@ -36,7 +38,83 @@ def setup_tracking(uri: str, experiment: str, artifact_root: str) -> tuple[str, 
         logging.getLogger(noisy).setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # inherited by Ray workers started from this process
-    exp = mlflow.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else mlflow.create_experiment(experiment, artifact_location(artifact_root, uri))
+    with _store_setup_lock(uri):
+        exp = mlflow.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else mlflow.create_experiment(experiment,
+                                                                        artifact_location(artifact_root, uri))
     mlflow.set_experiment(experiment_id=exp_id)
     return uri, exp_id
+
+
+@contextlib.contextmanager
+def _store_setup_lock(uri: str):
+    """Two processes opening a new SQLite store at once would both create its schema (and the experiment):
+    one of them fails on a duplicate column. They take turns here; a server store needs no lock."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri[len(prefix):].split("?", 1)[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / f".{db.name}.setup.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def killed_on_interrupt():
+    """Inside `with mlflow.start_run(...)`: Ctrl+C or SIGTERM end the active run KILLED (MLflow itself would
+    say FAILED, which is for errors)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+
+
+def end_if_running(client, run_id: str, interrupted: bool) -> None:
+    """End a run this process opened and nobody closed: KILLED if the process was interrupted, else FAILED."""
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, "KILLED" if interrupted else "FAILED")
+
+
+def owner_tags() -> dict[str, str]:
+    """Which process owns a run, so a later run can tell whether it is still alive (see reap_orphaned_runs)."""
+    return {"driver_host": socket.gethostname(), "driver_pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_orphaned_runs(client, experiment_id: str) -> int:
+    """Mark KILLED every RUNNING run of this experiment whose driver on this host has died (SIGKILL, the
+    machine's OOM killer, `ray job stop`'s follow-up kill), with the RUNNING runs below it. Returns how many."""
+    from mlflow.entities import ViewType
+
+    host = socket.gethostname().replace("'", "")
+    orphans = [r for r in client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and "
+                                             f"tags.driver_host = '{host}'", ViewType.ACTIVE_ONLY, max_results=500)
+               if r.data.tags.get("driver_pid", "").isdigit() and not _alive(int(r.data.tags["driver_pid"]))]
+    todo, reaped = [r.info.run_id for r in orphans], set()
+    while todo:
+        run_id = todo.pop()
+        if run_id in reaped:
+            continue
+        client.set_terminated(run_id, "KILLED")
+        reaped.add(run_id)
+        todo += [c.info.run_id for c in client.search_runs(
+            [experiment_id], f"attributes.status = 'RUNNING' and tags.mlflow.parentRunId = '{run_id}'",
+            ViewType.ACTIVE_ONLY, max_results=500)]
+    return len(reaped)

@@ -89,7 +89,8 @@ def job_for(tmp_path, monkeypatch):
 def test_a_failing_stage_publishes_nothing_and_a_finished_one_publishes_its_marker(root, job_for):
     import mlflow
 
-    from pipeline.executor import MARKER, execute_stage
+    from pipeline.executor import execute_stage
+    from pipeline.outputs import MARKER
 
     def half_then_fail(ctx):
         (ctx.out_dir / "half.txt").write_text("half")
@@ -106,3 +107,48 @@ def test_a_failing_stage_publishes_nothing_and_a_finished_one_publishes_its_mark
     record = execute_stage(job)
     assert storage.Location(storage.join(final, "whole.txt")).read_text() == "whole"
     assert json.loads(storage.Location(storage.join(final, MARKER)).read_text()) == record
+
+
+def test_a_failed_publish_ends_the_stage_run_failed_not_finished(root, job_for, monkeypatch):
+    import mlflow
+
+    import pipeline.executor
+    from pipeline.executor import execute_stage
+
+    def broken_publish(out, final_uri, record):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pipeline.executor, "publish", broken_publish)
+    final = storage.join(root, "stages", "prepare", "e" * 16)
+    job = job_for(lambda ctx: (ctx.out_dir / "whole.txt").write_text("whole"), final)
+    with pytest.raises(OSError, match="disk full"):
+        execute_stage(job)
+    assert mlflow.MlflowClient().get_run(job.run_id).info.status == "FAILED"
+    assert not storage.Location(final).exists()
+
+
+def test_prepare_reads_an_image_folder_from_a_storage_uri_and_reruns_when_it_changes(s3_endpoint, tmp_path,
+                                                                                        monkeypatch):
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+    from tests.conftest import smoke_overrides
+    from tests.helpers import write_longtail_folder
+
+    monkeypatch.setenv("GANPIPE_CACHE", str(tmp_path / "cache"))
+    folder = write_longtail_folder(tmp_path / "images", [10, 6, 5])
+    uri = s3_uri(s3_endpoint, f"data-{os.getpid()}/{tmp_path.name}/images")
+    storage.Location(uri).upload(folder)
+
+    def prepare() -> dict:
+        cfg = load_config(REPO / "configs" / "smoke.yaml", smoke_overrides(tmp_path) + [
+            "data.source=image_folder", f"data.path={uri}", "data.channels=3", "data.imbalance_ratio=1"])
+        summary = run_pipeline(cfg, until="prepare")
+        return {"run": summary["stage_run_ids"]["prepare"],
+                "manifest": json.loads((Path(summary["stage_dirs"]["prepare"]) / "data" / "manifest.json").read_text())}
+
+    first = prepare()
+    assert first["manifest"]["num_images"] == 21 and first["manifest"]["source"]["path"] == uri
+    assert prepare()["run"] == first["run"]  # unchanged bucket: cached
+    storage.Location(storage.join(uri, "class_01", "extra.png")).upload_file(folder / "class_00" / "0000.png")
+    after = prepare()
+    assert after["run"] != first["run"] and after["manifest"]["num_images"] == 22

@@ -14,7 +14,8 @@ class DataConfig(Section):
     source: Literal["digits", "color_digits", "image_folder", "parquet", "cifar", "mnist_idx"] = Field(
         "digits", description="Image source; `digits` is sklearn's bundled set, `color_digits` the same glyphs "
                               "in random colours (needs channels: 3).")
-    path: str | None = Field(None, description="Local path of the source, for file-based sources.")
+    path: str | None = Field(None, description="The source's files, for file-based sources: a local path or a "
+                                 "storage URI (s3://bucket/prefix, gs://...) that prepare fetches.")
     image_column: str = Field("image", description="Parquet column with encoded bytes or a uint8 array.")
     label_column: str = Field("label", description="Parquet column with integer labels.")
     image_shape: list[int] | None = Field(None, description="[H, W, C] of array images in Parquet.")

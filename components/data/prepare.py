@@ -16,8 +16,9 @@ SOURCES = {"digits": load_digits_source, "color_digits": load_color_digits_sourc
            "parquet": load_parquet, "cifar": load_cifar, "mnist_idx": load_mnist_idx}
 
 
-def prepare_dataset(cfg: DataConfig, out_dir: Path) -> dict:
-    """Build the dataset described by `cfg` in `out_dir` and return its manifest."""
+def prepare_dataset(cfg: DataConfig, out_dir: Path, source_uri: str | None = None) -> dict:
+    """Build the dataset described by `cfg` in `out_dir` and return its manifest. `source_uri`: where the
+    files in cfg.path were fetched from, for the manifest (default cfg.path)."""
     raw = finish(SOURCES[cfg.source](cfg), cfg)
     n_classes = cfg.num_classes or len(raw.class_names)
     check_labels(raw.labels, n_classes, cfg.source)
@@ -32,7 +33,7 @@ def prepare_dataset(cfg: DataConfig, out_dir: Path) -> dict:
               for s in ("train", "val", "test") if (splits == s).any()}
     train_counts = np.array(counts["train"])
     manifest = {
-        "source": {"name": cfg.source, "description": raw.description, "path": cfg.path},
+        "source": {"name": cfg.source, "description": raw.description, "path": source_uri or cfg.path},
         "class_names": names,
         "skipped_files": raw.skipped,
         "resized_images": raw.resized,
@@ -41,7 +42,7 @@ def prepare_dataset(cfg: DataConfig, out_dir: Path) -> dict:
         "imbalance_ratio_requested": cfg.imbalance_ratio,
         "class_counts": counts,
         "train_statistics": class_statistics(train_counts, cfg.effective_beta),
-        "config": cfg.model_dump(),
+        "config": cfg.model_dump() | {"path": source_uri or cfg.path},
     }
     return write_dataset(Path(out_dir), images, labels, splits, ids, manifest, cfg.rows_per_shard)
 

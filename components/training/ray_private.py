@@ -20,7 +20,8 @@ PRIVATE_LAYOUT = (
     ("ray.train.v2._internal.execution.scaling_policy", "FixedScalingPolicy",
      ("after_controller_start", "_maybe_send_resource_request", "_send_resource_request",
       "_cancel_resource_request")),
-    ("ray.train.torch", "TorchTrainer", ("_create_default_callbacks", "_initialize_and_run_controller")),
+    ("ray.train.torch", "TorchTrainer", ("_create_default_callbacks", "_initialize_and_run_controller",
+                                         "_register_sigint_handler")),
     ("ray.train.v2._internal.execution.context", None, ()),
 )
 
@@ -109,7 +110,35 @@ def lean_torch_trainer_class(placement_group_cleaner: bool = True, autoscaling_r
                 controller_init_kwargs["scaling_policy"] = UnannouncedFixedScalingPolicy(policy.scaling_config)
             return super()._initialize_and_run_controller(**controller_init_kwargs)
 
+        def _register_sigint_handler(self, controller):
+            install_abort_on_stop(controller)
+
     return LeanTorchTrainer
+
+
+def install_abort_on_stop(controller) -> None:
+    """Ctrl+C or SIGTERM while a run trains: abort its controller (which stops the workers), then hand the
+    signal to the handler that was there before, or raise KeyboardInterrupt. Ray's own Ctrl+C handler ends
+    the driver with `sys.exit(0)`, which a caller cannot tell from success."""
+    import signal
+
+    import ray
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_stop(signum, frame):
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        try:
+            ray.get(controller.abort.remote(), timeout=30)
+        except Exception:  # noqa: BLE001 - the controller may already be gone; the interrupt still goes up
+            pass
+        if callable(previous[signum]):
+            previous[signum](signum, frame)
+        raise KeyboardInterrupt
+
+    for sig in previous:
+        signal.signal(sig, on_stop)
 
 
 def quiet_report_logging() -> None:

@@ -1,6 +1,6 @@
 """prepare: image source -> validated Parquet shards + manifest.json.
 
-Reads:  the configured source (`data.source`, `data.path`).
+Reads:  the configured source (`data.source`, `data.path`: a local path or a storage URI such as s3://...).
 Writes: data/*.parquet, data/manifest.json, class_histogram.png, real_samples.png.
 """
 from __future__ import annotations
@@ -9,15 +9,30 @@ import warnings
 
 import mlflow
 
+from components.data.config import DataConfig
 from components.data.prepare import prepare_dataset
 from components.data.reader import load_split
+from components.errors import UserError
 from components.plots import bar_chart, class_rows_grid
+from components.storage import is_remote, localize
 from pipeline.stages.context import StageContext
+
+
+def local_source(cfg: DataConfig) -> DataConfig:
+    """`cfg` with a storage URI in data.path replaced by a node-local copy (fetched once per listing)."""
+    if not cfg.path or not is_remote(cfg.path):
+        return cfg
+    print(f"  prepare: fetching {cfg.path.split('?', 1)[0]}", flush=True)
+    try:
+        local = localize(cfg.path)
+    except FileNotFoundError:
+        raise UserError(f"data.path not found: {cfg.path} (check the bucket, prefix and credentials)") from None
+    return cfg.model_copy(update={"path": str(local)})
 
 
 def run(ctx: StageContext) -> dict:
     data_dir = ctx.out_dir / "data"
-    manifest = prepare_dataset(ctx.cfg.data, data_dir)
+    manifest = prepare_dataset(local_source(ctx.cfg.data), data_dir, source_uri=ctx.cfg.data.path)
     names, stats = manifest["class_names"], manifest["train_statistics"]
     print(f"  prepare: {manifest['num_images']} images, {len(names)} classes, "
           f"imbalance ratio {stats['imbalance_ratio']:.1f}, digest {manifest['digest'][:12]}", flush=True)

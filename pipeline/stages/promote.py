@@ -39,4 +39,4 @@ def run(ctx: StageContext) -> dict:
     mlflow.log_artifact(str(ctx.out_dir / "promotion.json"))
     mlflow.log_metric("promoted", float(decision["promoted"]))
     print_decision(decision)
-    return {"promotion": ctx.out_dir / "promotion.json"}
+    return {"promotion": ctx.out_dir / "promotion.json", "model_name": pc.model_name, "model_version": version}
