@@ -1,4 +1,6 @@
-"""MLflow Model Registry edge: the generator as a pyfunc model (weights stored as plain tensors)."""
+"""MLflow Model Registry edge: the generator as a pyfunc model from code (components/generator_model.py)
+with its weights as a tensor-only file: loading it runs this package's code and `torch.load(weights_only)`,
+never an unpickler on a Python object."""
 from __future__ import annotations
 
 import json
@@ -53,59 +55,54 @@ def generator_arch(G: Generator, base: int, norm: str) -> dict:
             "base": base, "z_dim": G.z_dim, "norm": norm}
 
 
+MODEL_CODE = Path(__file__).resolve().parent / "generator_model.py"
+
+
 def _requirements() -> list[str]:
-    """Pinned runtime requirements; explicit, so MLflow need not load the model in a subprocess to infer them."""
+    """Pinned runtime requirements, as an index (PyPI) has them: a local label such as torch's `+cpu` names a
+    build no index serves, so it is dropped. Explicit, so MLflow need not load the model to infer them."""
     from importlib.metadata import version
 
-    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "numpy", "pandas", "mlflow", "pydantic")]
+    return [f"{pkg}=={version(pkg).split('+', 1)[0]}" for pkg in ("torch", "numpy", "pandas", "mlflow", "pydantic")]
 
 
 def _model_parts(G: Generator, arch: dict, tmp: str) -> dict:
-    """Keyword arguments shared by log_model and save_model: weights file, signature, example, code."""
+    """Keyword arguments of the pyfunc flavour: model code, weights file, signature, example, code paths."""
     weights = Path(tmp) / "generator.pt"
     torch.save({"state_dict": G.state_dict(), "arch_json": json.dumps(arch)}, weights)
     n = min(4, arch["num_classes"])
     example = pd.DataFrame({"label": np.arange(n, dtype=np.int64), "seed": np.arange(n, dtype=np.int64) * 10,
                             "count": np.full(n, 2, dtype=np.int64)})
-    model = GeneratorPyfunc()
-    model.generator = G.eval()
+    live = GeneratorPyfunc()  # the outputs' schema, from the generator in hand
+    live.generator = G.eval()
     inputs = Schema([ColSpec("long", "label"), ColSpec("long", "seed", required=False),
                      ColSpec("long", "count", required=False)])
     signature = mlflow.models.ModelSignature(
-        inputs, mlflow.models.infer_signature(example, model.predict(None, example)).outputs)
-    return {"python_model": model, "artifacts": {"generator": str(weights)}, "signature": signature,
+        inputs, mlflow.models.infer_signature(example, live.predict(None, example)).outputs)
+    return {"python_model": str(MODEL_CODE), "artifacts": {"generator": str(weights)}, "signature": signature,
             "input_example": example, "code_paths": [str(Path(__file__).resolve().parent)],
             "pip_requirements": _requirements()}
 
 
-def log_generator(G: Generator, arch: dict, artifact_name: str = "generator"):
-    """Log G as a pyfunc model (weights as a plain-tensor file) in the active run; returns ModelInfo."""
+def log_generator(G: Generator, arch: dict, name: str = "generator", run_id: str | None = None,
+                  tracking_uri: str | None = None):
+    """Log G as an MLflow LoggedModel (pyfunc from code, weights as a tensor file) in run `run_id` (default:
+    the active run), without making that run active here: rank 0 of a Ray Train job logs into the driver's
+    stage run this way. Returns the ModelInfo (model_id, model_uri models:/<model_id>)."""
+    if tracking_uri is not None:
+        mlflow.set_tracking_uri(tracking_uri)
+    if run_id is not None:  # the model belongs to its run's experiment, wherever this process is
+        mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # Labels are integers by design; missing values are not valid input.
         warnings.filterwarnings("ignore", message=".*integer column.*")
-        return mlflow.pyfunc.log_model(name=artifact_name, **_model_parts(G, arch, tmp))
+        return mlflow.models.Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
+                                       **_model_parts(G, arch, tmp))
 
 
-def log_generator_to_run(tracking_uri: str, run_id: str, G: Generator, arch: dict,
-                         artifact_name: str = "generator") -> str:
-    """Save G as a pyfunc model and upload it under `artifact_name` of an existing run, without making that
-    run active in this process (rank 0 of a Ray Train job logs into the driver's stage run this way).
-    Returns the model URI runs:/RUN_ID/NAME."""
-    from mlflow.tracking import MlflowClient
-
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*integer column.*")
-        model_dir = Path(tmp) / artifact_name
-        parts = _model_parts(G, arch, tmp)
-        mlflow.pyfunc.save_model(str(model_dir), **parts)
-        MlflowClient(tracking_uri).log_artifacts(run_id, str(model_dir), artifact_name)
-    return f"runs:/{run_id}/{artifact_name}"
-
-
-def log_checkpoint_generator(ckpt: dict, artifact_name: str = "generator"):
-    """Log a training checkpoint's EMA generator (see log_generator); returns ModelInfo."""
+def log_checkpoint_generator(ckpt: dict, name: str = "generator"):
+    """Log a training checkpoint's EMA generator in the active run (see log_generator); returns ModelInfo."""
     from components.training.checkpoint import models_from_checkpoint
 
     G, _, config = models_from_checkpoint(ckpt)
-    return log_generator(G, generator_arch(G, config["model"]["g_base_channels"], config["model"]["g_norm"]),
-                         artifact_name)
+    return log_generator(G, generator_arch(G, config["model"]["g_base_channels"], config["model"]["g_norm"]), name)

@@ -70,6 +70,8 @@ class TuneConfig(Section):
     steps: int = Field(200, ge=1, description="Training steps per trial.")
     report_every: int = Field(25, ge=1, description="Steps between trial reports.")
     max_concurrent_trials: int = Field(2, ge=1, description="Trials running at once.")
+    max_failures: int = Field(1, ge=0, description="Times a trial that raises is retried (from its last "
+                                                   "checkpoint) before it counts as failed; failed trials never win.")
     window: int = Field(50, ge=2, description="Steps in the trailing window of stability metrics.")
     scheduler: Literal["asha", "pbt", "none"] = Field(
         "asha", description="asha stops unstable trials early; pbt mutates (log)uniform and choice dimensions.")

@@ -45,9 +45,12 @@ def cmd_promote(args) -> int:
     from components.promotion import decide
     from pipeline.stages.promote import print_decision
 
+    from pipeline.tracking import registry_lock
+
     cfg = command_config(args, _version_run_id(args))
     client = _client(cfg)
-    decision = decide(client, args.model, str(args.version), cfg.promote.gates, args.dry_run)
+    decision = decide(client, args.model, str(args.version), cfg.promote.gates, args.dry_run,
+                      lock=registry_lock(cfg.tracking.uri, args.model))
     print_decision(decision)
     if args.dry_run:
         print("  (dry run: no alias moved)")
@@ -56,11 +59,16 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    """champion -> previous-champion."""
-    from components.promotion import rollback
+    """champion -> previous-champion; the demoted version is tagged rolled_back and never returns."""
+    from components.promotion import PREVIOUS, alias_version, rollback
+    from pipeline.tracking import registry_lock
 
-    old, new = rollback(_client(command_config(args)), args.model)
-    print(f"{args.model}: champion moved from version {old} back to version {new}")
+    cfg = command_config(args)
+    client = _client(cfg)
+    old, new = rollback(client, args.model, lock=registry_lock(cfg.tracking.uri, args.model))
+    before = alias_version(client, args.model, PREVIOUS)
+    print(f"{args.model}: champion moved from version {old} back to version {new} (version {old} tagged "
+          f"rolled_back); {PREVIOUS} is now {before or 'unset'}")
     return 0
 
 

@@ -61,6 +61,12 @@ def cache_problem(uri: str, record: dict, client, full: bool = False) -> str | N
             return f"its MLflow run {record['run_id'][:12]} is deleted"
     except mlflow.exceptions.MlflowException:
         return f"its MLflow run {record['run_id'][:12]} is not in this tracking store"
+    model_id = record.get("outputs", {}).get("model_id")
+    if model_id:
+        try:
+            client.get_logged_model(model_id)
+        except mlflow.exceptions.MlflowException:
+            return f"its logged model {model_id} is not in this tracking store"
     name, version = record.get("outputs", {}).get("model_name"), record.get("outputs", {}).get("model_version")
     if name and version:
         try:

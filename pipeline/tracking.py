@@ -46,24 +46,48 @@ def setup_tracking(uri: str, experiment: str, artifact_root: str) -> tuple[str, 
     return uri, exp_id
 
 
-@contextlib.contextmanager
-def _store_setup_lock(uri: str):
-    """Two processes opening a new SQLite store at once would both create its schema (and the experiment):
-    one of them fails on a duplicate column. They take turns here; a server store needs no lock."""
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a sqlite:/// tracking URI, else None."""
     prefix = "sqlite:///"
-    if not uri.startswith(prefix):
-        yield
-        return
+    return Path(uri[len(prefix):].split("?", 1)[0]) if uri.startswith(prefix) else None
+
+
+@contextlib.contextmanager
+def _flock(path: Path):
     import fcntl
 
-    db = Path(uri[len(prefix):].split("?", 1)[0])
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.parent / f".{db.name}.setup.lock", "a") as f:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def registry_lock(uri: str, model_name: str):
+    """A factory of context managers that serialise alias moves of one registered model: a file lock beside a
+    SQLite store (every process that can write it shares its disk). A server store gets none; promotion's
+    compare-and-swap check covers it."""
+    import hashlib
+
+    db = sqlite_file(absolute_tracking_uri(uri))
+    if db is None:
+        return contextlib.nullcontext
+    key = hashlib.sha256(model_name.encode()).hexdigest()[:16]
+    return lambda: _flock(db.parent / f".{db.name}.registry-{key}.lock")
+
+
+@contextlib.contextmanager
+def _store_setup_lock(uri: str):
+    """Two processes opening a new SQLite store at once would both create its schema (and the experiment):
+    one of them fails on a duplicate column. They take turns here; a server store needs no lock."""
+    db = sqlite_file(uri)
+    if db is None:
+        yield
+        return
+    with _flock(db.parent / f".{db.name}.setup.lock"):
+        yield
 
 
 @contextlib.contextmanager

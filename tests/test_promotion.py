@@ -15,7 +15,7 @@ from pipeline.cli import main
 from tests.conftest import REPO
 
 GATES = GatesConfig(max_fcd=100.0, max_class_kl=0.5, min_tail_recall=0.2, min_d_fgsm_accuracy=None,
-                    require_no_divergence=True, min_improvement=1.0)
+                    max_fcd_ratio=None, max_copy_share=None, require_no_divergence=True, min_improvement=1.0)
 NAME = "gen-test"
 
 
@@ -33,11 +33,12 @@ def registry(tmp_path_factory):
     client = MlflowClient(uri)
     ensure_registered_model(client, NAME)
 
-    def register(ev: dict) -> str:
+    def register(ev: dict, name: str = NAME, **context: str) -> str:
         G = Generator(1, 32, 10, base=4, z_dim=8, norm="none")
         with mlflow.start_run(experiment_id=exp):
             info = log_generator(G, generator_arch(G, 4, "none"))
-        return str(mlflow.register_model(info.model_uri, NAME, tags=summary_tags(ev)).version)
+        context = {"data_digest": "d1", "evaluator_settings": "e1", **context}
+        return str(mlflow.register_model(info.model_uri, name, tags={**summary_tags(ev), **context}).version)
 
     return {"uri": uri, "client": client, "register": register, "tmp": tmp}
 
@@ -50,7 +51,8 @@ def test_gate_table_lists_each_gate():
 
 
 def test_a_generator_that_copies_its_training_set_is_not_promoted():
-    gates = GatesConfig(max_copy_share=0.2, require_no_divergence=False)
+    gates = GatesConfig(max_copy_share=0.2, require_no_divergence=False, max_fcd_ratio=None, max_class_kl=None,
+                        min_tail_recall=None)
     copier, fresh = {**evaluation(10.0), "copy_share_feature": 0.9}, {**evaluation(10.0), "copy_share_feature": 0.05}
     assert [r["passed"] for r in check_gates(copier, gates, None)] == [False]
     assert [r["passed"] for r in check_gates(fresh, gates, None)] == [True]
@@ -74,8 +76,10 @@ def test_promotion_lifecycle(registry):
     assert alias_version(client, NAME, CHAMPION) == v3 and alias_version(client, NAME, PREVIOUS) == v1
 
     assert rollback(client, NAME) == (v3, v1)
-    assert alias_version(client, NAME, CHAMPION) == v1 and alias_version(client, NAME, PREVIOUS) == v3
+    assert alias_version(client, NAME, CHAMPION) == v1 and alias_version(client, NAME, PREVIOUS) is None
+    assert client.get_model_version(NAME, v3).tags["promotion.decision"] == "rolled_back"
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 3  # nothing deleted
+    assert "| beats_champion_fcd |" in client.get_model_version(NAME, v2).description
 
 
 def test_failing_gate_is_named(registry):
@@ -151,3 +155,107 @@ def test_cli_promote_fail_if_rejected_exits_3(registry, capsys):
     assert cli(registry, "promote", "--model", NAME, "--version", v, "--dry-run") == 0
     assert cli(registry, "promote", "--model", NAME, "--version", v, "--dry-run", "--fail-if-rejected") == 3
     assert '"promoted": false' in capsys.readouterr().out
+
+
+def _model(registry, name: str, *evals_and_contexts) -> list[str]:
+    ensure_registered_model(registry["client"], name)
+    return [registry["register"](ev, name, **ctx) for ev, ctx in evals_and_contexts]
+
+
+def ratio_eval(fcd: float, ratio: float) -> dict:
+    return {**evaluation(fcd), "fcd_class_matched_ratio": ratio}
+
+
+def test_champions_measured_with_another_evaluator_are_compared_by_ratio(registry):
+    client, name = registry["client"], "cross-evaluator"
+    v1, v2, v3, v4 = _model(registry, name, (ratio_eval(50.0, 3.0), {}),
+                            (ratio_eval(30.0, 3.5), {"evaluator_settings": "e2"}),  # lower raw FCD, worse ratio
+                            (ratio_eval(80.0, 2.0), {"evaluator_settings": "e2"}),  # higher raw FCD, better ratio
+                            (ratio_eval(75.0, 2.5), {"evaluator_settings": "e2"}))  # same evaluator as v3: raw FCD
+    assert decide(client, name, v1, GATES)["promoted"]
+    d2 = decide(client, name, v2, GATES)
+    assert d2["failed_gates"] == ["beats_champion_fcd_class_matched_ratio"] and "another evaluator" in d2["gates"][-1]["note"]
+    assert decide(client, name, v3, GATES)["promoted"]
+    d4 = decide(client, name, v4, GATES)
+    assert d4["promoted"] and d4["gates"][-1]["gate"] == "beats_champion_fcd"  # 75 < 80 - 1, same evaluator
+    assert "another evaluator" in client.get_model_version(name, v2).description
+
+
+def test_a_champion_without_a_comparable_number_is_not_beaten_silently(registry):
+    client, name = registry["client"], "no-ratio"
+    v1, v2 = _model(registry, name, (evaluation(50.0), {}), (ratio_eval(10.0, 1.0), {"data_digest": "d2"}))
+    decide(client, name, v1, GATES)
+    d2 = decide(client, name, v2, GATES)
+    assert not d2["promoted"] and "not comparable" in d2["gates"][-1]["note"]
+
+
+def test_a_double_rollback_goes_further_back_and_never_re_promotes(registry):
+    client, name = registry["client"], "double-rollback"
+    va, vb, vc = _model(registry, name, (evaluation(50.0), {}), (evaluation(40.0), {}), (evaluation(30.0), {}))
+    for v in (va, vb, vc):
+        assert decide(client, name, v, GATES)["promoted"]
+    assert rollback(client, name) == (vc, vb)
+    assert (alias_version(client, name, CHAMPION), alias_version(client, name, PREVIOUS)) == (vb, va)
+    assert rollback(client, name) == (vb, va)
+    assert (alias_version(client, name, CHAMPION), alias_version(client, name, PREVIOUS)) == (va, None)
+    with pytest.raises(UserError, match="no 'previous-champion'"):
+        rollback(client, name)
+    tags = {v: client.get_model_version(name, v).tags for v in (va, vb, vc)}
+    assert [tags[v]["promotion.decision"] for v in (va, vb, vc)] == ["champion", "rolled_back", "rolled_back"]
+    assert tags[vc]["rollback.to"] == vb and tags[va]["rollback.restored_from"] == vb
+
+
+def test_rollback_refuses_a_version_that_failed_its_gates(registry):
+    client, name = registry["client"], "rejected-previous"
+    good, bad = _model(registry, name, (evaluation(50.0), {}), (evaluation(500.0), {}))
+    decide(client, name, good, GATES)
+    assert not decide(client, name, bad, GATES)["promoted"]
+    client.set_registered_model_alias(name, PREVIOUS, bad)  # as a hand edit in the UI might
+    with pytest.raises(UserError, match="rejected; it will not be made champion again"):
+        rollback(client, name)
+    assert alias_version(client, name, CHAMPION) == good
+
+
+class SlowAliases:
+    """An MlflowClient whose alias moves take a second: two deciders overlap for certain."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def set_registered_model_alias(self, *args):
+        import time
+
+        time.sleep(1.0)
+        return self.client.set_registered_model_alias(*args)
+
+    def __getattr__(self, attr):
+        return getattr(self.client, attr)
+
+
+def test_two_concurrent_promotions_leave_one_consistent_history(registry):
+    import threading
+    import time
+
+    from pipeline.tracking import registry_lock
+
+    client, name = registry["client"], "concurrent"
+    v0, v1, v2 = _model(registry, name, (evaluation(50.0), {}), (evaluation(40.0), {}), (evaluation(30.0), {}))
+    decide(client, name, v0, GATES)
+    lock = registry_lock(registry["uri"], name)
+    decisions = {}
+
+    def promote(v):
+        decisions[v] = decide(SlowAliases(MlflowClient(registry["uri"])), name, v, GATES, lock=lock)
+
+    threads = [threading.Thread(target=promote, args=(v,)) for v in (v1, v2)]
+    threads[0].start()
+    time.sleep(0.3)  # the first holds the lock (and sleeps in its first alias move) when the second starts
+    threads[1].start()
+    for t in threads:
+        t.join()
+    promoted = [v for v in (v1, v2) if decisions[v]["promoted"]]
+    replaced = [client.get_model_version(name, v).tags["promotion.replaced"] for v in promoted]
+    assert len(set(replaced)) == len(replaced), replaced  # each promotion replaced a different champion
+    champion = alias_version(client, name, CHAMPION)
+    assert alias_version(client, name, PREVIOUS) == client.get_model_version(name, champion).tags["promotion.replaced"]
+    assert decisions[v1]["previous_champion"] == v0 and decisions[v2]["previous_champion"] == v1

@@ -38,6 +38,15 @@ def _trial_runs(tracking_uri: str) -> dict[str, list[str]]:
     return by_parent
 
 
+def _trial_statuses(tracking_uri: str) -> dict[str, str]:
+    """Trial run name -> status, across every trial run in the store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    return {r.info.run_name: r.info.status for r in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], filter_string="attributes.run_name LIKE 'trial-%'")}
+
+
 def _result_lines(trial_dir: Path) -> list[dict]:
     path = trial_dir / "result.json"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
@@ -68,10 +77,16 @@ def test_known_bad_settings_lose_and_an_interrupted_campaign_resumes(tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "tests.tune_gate", str(gate), "2", "--", *cli[3:]],
                                 cwd=REPO, stdout=out_file, stderr=subprocess.STDOUT, text=True)
     _wait_for(lambda: len(list(gate.glob("held-*"))) == 2, proc, log, "two trials held at the gate")
+    # Live: while the campaign runs, the two ended trials are FINISHED runs and the two held ones RUNNING.
+    live = _trial_statuses(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert sorted(live.values()) == ["FINISHED", "FINISHED", "RUNNING", "RUNNING"], live
     proc.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves the experiment state and stops
     proc.wait(timeout=300)
     out = log.read_text()
     assert proc.returncode == 130 and "--resume" in out, out[-3000:]
+    assert sorted(_trial_statuses(f"sqlite:///{tmp_path / 'mlflow.db'}").values()) == \
+        ["FINISHED", "FINISHED", "KILLED", "KILLED"]
+    assert out.count(": started (") == 4 and "best so far: trial" in out
     experiment = next((tmp_path / "outputs" / "ray_results").glob("smoke-tune-*"))
     ended_ids = [(gate / f"slot-{i}").read_text() for i in (0, 1)]
     ended = [next(d for d in experiment.iterdir() if d.is_dir() and trial_id in d.name) for trial_id in ended_ids]
@@ -95,10 +110,18 @@ def test_known_bad_settings_lose_and_an_interrupted_campaign_resumes(tmp_path):
     good_score, full_steps = results.loc[good, "score"].min(), results["steps"].max()
     for _, row in results[~good].iterrows():  # each bad trial diverged, was stopped early, or scored worse
         assert row["diverged"] == 1 or row["steps"] < full_steps or row["score"] > good_score, row
-    # One MLflow child run per trial, all under the resumed tune run: none from the interrupted attempt,
-    # none doubled by the restore.
+    # One MLflow child run per trial, all under the resumed tune run: the interrupted attempt's trial runs
+    # are adopted, none doubled by the restore.
     runs = _trial_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert len(runs) == 1 and sorted(next(iter(runs.values()))) == sorted(f"trial-{t}" for t in results["trial"])
+    assert set(_trial_statuses(f"sqlite:///{tmp_path / 'mlflow.db'}").values()) == {"FINISHED"}
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tags = [r.data.tags for r in client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                                    filter_string="attributes.run_name LIKE 'trial-%'")]
+    stopped = ((results["steps"] < full_steps) & (results["diverged"] == 0)).sum()
+    assert sum(t["stopped_early"] == "true" for t in tags) == stopped
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +187,48 @@ def test_multi_worker_trials_run_a_torch_trainer(ray_cluster, tune_tmp):
     assert math.isfinite(last["stability_score"]) and "class_kl" in last
     assert (out / "candidate" / "checkpoint.pt").is_file()  # handed off from Ray Train's checkpoint
     assert os.path.getsize(out / "results.csv") > 0
+
+
+def _gated_tune(tmp: Path, *options: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    cli = _tune_cli(tmp, "--set", "tune.max_failures=0", *extra)
+    return subprocess.run([sys.executable, "-m", "tests.tune_gate", str(tmp / "gate"), "99", *options, "--",
+                           *cli[3:]], cwd=REPO, capture_output=True, text=True)
+
+
+def test_a_trial_that_raises_after_reporting_never_wins(tmp_path):
+    done = _gated_tune(tmp_path, "--fail-late", "0,1,2")  # only the fourth trial to start survives
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    gate = tmp_path / "gate"
+    survivor = (gate / "slot-3").read_text()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    trials = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                filter_string="attributes.run_name LIKE 'trial-%'")
+    by_id = {t.data.tags["trial_id"]: t for t in trials}
+    assert by_id[survivor].info.status == "FINISHED"
+    failed = [t for i, t in by_id.items() if i != survivor]
+    assert len(failed) == 3 and all(t.info.status == "FAILED" and "injected failure" in t.data.tags["error"]
+                                    for t in failed)
+    best = json.loads(next((tmp_path / "outputs" / "stages" / "tune").glob("*/best_config.json")).read_text())
+    results = pd.read_csv(next((tmp_path / "outputs" / "stages" / "tune").glob("*/results.csv")))
+    winner = results.loc[results["score"] == best["score"]]
+    assert len(results) == 4 and (results["error"].fillna("") != "").sum() == 3
+    assert (winner["error"].fillna("") == "").all()  # the failed trials had scores, and lost
+    assert "FAILED (RuntimeError: injected failure" in done.stdout
+
+
+def test_a_campaign_whose_every_trial_fails_fails_the_stage_in_one_line(tmp_path):
+    done = _gated_tune(tmp_path, "--fail", "all")
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("failed: tune: all 4 trials failed")
+    assert "Traceback" not in done.stderr
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    by_name = {}
+    for r in runs:
+        by_name.setdefault(r.info.run_name, []).append(r.info.status)
+    assert by_name["tune"] == ["FAILED"] and not list((tmp_path / "outputs" / "stages").glob("tune/*/_stage.json"))
+    assert sorted(s for name, st in by_name.items() if name.startswith("trial-") for s in st) == ["FAILED"] * 4

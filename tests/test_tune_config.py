@@ -104,3 +104,24 @@ def test_trial_scorer_adds_mode_coverage_and_is_inf_on_divergence(tmp_path):
     assert scores["stability_score"] == pytest.approx(expected)
     trace["d_loss"][-1] = math.nan
     assert TrialScorer(spec, 1, 32, 10)(_State(None, trace, diverged=True))["stability_score"] == math.inf
+
+
+def _row(trial: int, score: float, error=None, checkpoint="ckpt") -> dict:
+    return {"trial": trial, "score": score, "error": error, "checkpoint": checkpoint, "config": {}}
+
+
+def test_a_trial_that_errored_never_wins_even_with_the_best_score_and_a_checkpoint():
+    from pipeline.stages.tune import pick_best
+
+    rows = [_row(0, 0.1, error=RuntimeError("crashed after its report")), _row(1, 0.9), _row(2, 0.5, checkpoint=None)]
+    assert pick_best(rows)["trial"] == 1
+    assert pick_best([rows[0], rows[2]])["trial"] == 2  # no finished healthy trial: the best healthy one
+
+
+def test_a_campaign_whose_every_trial_errored_has_no_winner():
+    from components.errors import RunFailed
+    from pipeline.stages.tune import pick_best
+
+    rows = [_row(i, 0.1 * i, error=RuntimeError(f"boom {i}\nValueError: bad {i}")) for i in range(3)]
+    with pytest.raises(RunFailed, match=r"all 3 trials failed.*ValueError: bad 0"):
+        pick_best(rows)

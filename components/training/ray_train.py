@@ -62,10 +62,10 @@ class RayTrainSession:
             self.logger.log_png(class_sample_grid(st.G_ema, st.num_classes, self.z_fixed),
                                 f"samples/step_{st.step:06d}.png")
         if final:  # the final EMA generator as an MLflow model with a signature, from rank 0 only
-            from components.registry import generator_arch, log_generator_to_run
+            from components.registry import generator_arch, log_generator
 
             arch = generator_arch(st.G_ema, self.config.model.g_base_channels, self.config.model.g_norm)
-            log_generator_to_run(self.config.mlflow.tracking_uri, self.config.mlflow.run_id, st.G_ema, arch)
+            log_generator(st.G_ema, arch, "generator", self.config.mlflow.run_id, self.config.mlflow.tracking_uri)
 
     def rank_rngs(self, st) -> list:
         return gather_from_ranks(rank_rng_state(st), self.world)

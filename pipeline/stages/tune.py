@@ -5,7 +5,6 @@ Writes: results.csv, best_config.json, candidate/checkpoint.pt (best trial or re
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -17,7 +16,7 @@ import numpy as np
 
 from components.data.reader import load_split
 from components.data.shards import read_manifest
-from components.errors import UserError
+from components.errors import RunFailed, UserError
 from components.metrics.classifier import cached_classifier, classifier_cache_path, predict
 from components.metrics.scoring_config import ScoringSpec
 from components.plots import line_chart, scatter_chart
@@ -29,6 +28,7 @@ from pipeline.config import SearchDim
 from pipeline.ray_edge import lean_runs
 from pipeline.stages.context import StageContext, read_json
 from pipeline.stages.train import fit_and_collect, worker_config
+from pipeline.trial_tracking import TrialEvents, TrialTracker, describe, tracking
 
 
 def to_param_space(space: dict[str, SearchDim], pbt: bool = False) -> dict:
@@ -130,6 +130,9 @@ def run_campaign(ctx: StageContext, base: WorkerConfig):
     tc = ctx.cfg.tune
     # Trials checkpoint only at their end; Tune's "snapshotting too often" hint does not apply.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # A failed trial gets one line from the TrialTracker, with its traceback's file; Tune would print the
+    # whole traceback too (set TUNE_PRINT_ALL_TRIAL_ERRORS=1 to have it).
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     name = f"{ctx.cfg.name}-tune-{ctx.fingerprint[:12]}"
     warm = ctx.input_uri("train", CHECKPOINT_FILE) if tc.warm_start else None
     warm_step = int(read_json(ctx.input("train") / "metrics.json")["steps"]) if warm else 0
@@ -147,12 +150,15 @@ def run_campaign(ctx: StageContext, base: WorkerConfig):
         experiment.delete()
         Location(campaign.trial_storage).delete()
     storage, fs = ray_storage_args(ctx.ray_storage())
+    tracker = TrialTracker(ctx.tracking_uri, mlflow.get_run(ctx.run_id).info.experiment_id, ctx.run_id, name,
+                           reports_per_trial(tc))
     if tune.Tuner.can_restore(f"{storage}/{name}", storage_filesystem=fs):
         if not ctx.resume:
             raise UserError(f"an interrupted campaign exists in {experiment.uri}: pass --resume to continue it "
                             "or --force to start over")
         # An interrupted campaign with the same fingerprint: finished trials are kept, the rest continue.
         print(f"  tune: resuming the interrupted campaign in {experiment.uri}", flush=True)
+        tracker.adopt_existing_runs()
         tuner = tune.Tuner.restore(f"{storage}/{name}", trainable=trainable, resume_unfinished=True,
                                    resume_errored=True, storage_filesystem=fs)
     else:
@@ -167,10 +173,13 @@ def run_campaign(ctx: StageContext, base: WorkerConfig):
             # PBT clones other trials' earlier checkpoints, so it must keep them all.
             run_config=tune.RunConfig(name=name, storage_path=storage, storage_filesystem=fs, verbose=0,
                                       stop={"training_iteration": reports_per_trial(tc)},
+                                      callbacks=[TrialEvents()],  # one console line and MLflow run per trial
+                                      failure_config=tune.FailureConfig(max_failures=tc.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(
                                           num_to_keep=None if tc.scheduler == "pbt" else 1)),
         )
-    results = tuner.fit()
+    with tracking(tracker):
+        results = tuner.fit()
     # On Ctrl+C Tune saves its state and returns normally, with trials unfinished or never started.
     if results.num_terminated + results.num_errors < max(len(results), expected_trials(tc)):
         print(f"  tune: campaign interrupted; continue it with `python -m pipeline tune --resume` "
@@ -202,26 +211,15 @@ def _trial_rows(results, storage_fs) -> list[dict]:
 
 
 def pick_best(rows: list[dict]) -> dict:
-    """Lowest score among trials that ran to the end (ASHA judged the stopped ones worse at their rung)."""
-    finished = [r for r in rows if r["checkpoint"] is not None and math.isfinite(r["score"])]
-    return min(finished or rows, key=lambda r: (r["score"], r["trial"]))
-
-
-TRIAL_METRICS = ("stability_score", "d_loss", "g_loss", "r_t", "grad_spike_rate", "d_loss_std", "g_loss_std",
-                 "class_kl", "classes_covered", "fcd", "lr_g", "lr_d")
-
-
-def _log_trials(rows: list[dict]) -> None:
-    """Each trial becomes one child run of the tune stage's run, with its metrics by step."""
-    for row in rows:
-        with mlflow.start_run(run_name=f"trial-{row['trial']}", nested=True):
-            mlflow.log_params({f"{s}.{k}": v for s, vals in row["config"].items() for k, v in vals.items()})
-            hist = row["history"]
-            if hist is not None:
-                for _, rec in hist.iterrows():
-                    mlflow.log_metrics({k: float(rec[k]) for k in TRIAL_METRICS
-                                        if k in rec and rec[k] == rec[k]}, step=int(rec["step"]))
-            mlflow.set_tag("status", "error" if row["error"] else ("diverged" if row["diverged"] else "finished"))
+    """Lowest score among trials that ran to the end (ASHA judged the stopped ones worse at their rung);
+    a trial that raised never wins, and a campaign whose every trial raised has no winner."""
+    healthy = [r for r in rows if r["error"] is None]
+    if not healthy:
+        first = str(rows[0]["error"]).strip().splitlines()[-1][:300] if rows else "no trial ran"
+        raise RunFailed(f"tune: all {len(rows)} trials failed, so there is no model to hand on (first error: "
+                        f"{first}); fix the cause, then rerun with --force tune")
+    finished = [r for r in healthy if r["checkpoint"] is not None and math.isfinite(r["score"])]
+    return min(finished or healthy, key=lambda r: (r["score"], r["trial"]))
 
 
 def _plots(ctx: StageContext, rows: list[dict]) -> None:
@@ -245,18 +243,19 @@ def run(ctx: StageContext) -> dict:
     data_uri = ctx.input_uri("prepare", "data")
     rows = _trial_rows(run_campaign(ctx, worker_config(ctx, data_uri)), ray_storage_args(ctx.ray_storage())[1])
     best = pick_best(rows)
-    for r in rows:
-        print(f"  tune trial {r['trial']}: {json.dumps(r['config'])} score {r['score']:.4g}"
-              f"{'  <- best' if r is best else ''}", flush=True)
+    failed = sum(r["error"] is not None for r in rows)
+    print(f"  tune: {len(rows)} trials ({failed} failed); best trial {best['trial']}: {describe(best['config'])}, "
+          f"score {best['score']:.4g}", flush=True)
     import pandas as pd
 
     pd.DataFrame([{"trial": r["trial"], "score": r["score"], "steps": r["steps"], "diverged": r["diverged"],
+                   "error": str(r["error"]).strip().splitlines()[-1][:200] if r["error"] is not None else "",
                    **{f"{s}.{k}": v for s, vals in r["config"].items() for k, v in vals.items()}} for r in rows]) \
         .to_csv(ctx.out_dir / "results.csv", index=False)
     ctx.write_json("best_config.json", {"config": best["config"], "score": best["score"]})
     _plots(ctx, rows)
-    _log_trials(rows)
-    mlflow.log_metrics({"best_stability_score": min(best["score"], 1e308), "trials": len(rows)})
+    mlflow.log_metrics({"best_stability_score": min(best["score"], 1e308), "trials": len(rows),
+                        "failed_trials": failed})
     for name in ("results.csv", "best_config.json", "score_vs_lr.png", "score_vs_batch.png", "score_traces.png"):
         mlflow.log_artifact(str(ctx.out_dir / name))
 
