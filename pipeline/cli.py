@@ -35,7 +35,10 @@ EXAMPLES = {
   ganpipe tune --config configs/default.yaml --campaign configs/tune/pbt.yaml
   ganpipe tune --config configs/default.yaml --resume       # continue a campaign stopped by Ctrl+C""",
     "submit": """examples:
-  ganpipe submit --address http://127.0.0.1:8265 --config configs/cluster-gpu.yaml --follow""",
+  ganpipe submit --address http://127.0.0.1:8265 --config configs/cluster-gpu.yaml --follow
+  ganpipe submit --address http://127.0.0.1:8265 --follow -- tune --config configs/cluster-gpu.yaml \\
+      --campaign configs/tune/pbt.yaml
+  ganpipe submit --address http://127.0.0.1:8265 -- promote --model ganpipe-digits-cluster --version 3""",
     "report": """examples:
   ganpipe report 0123456789abcdef0123456789abcdef --out report.html --tracking-uri sqlite:////abs/mlflow.db""",
     "promote": """examples:
@@ -104,16 +107,20 @@ def _parser() -> argparse.ArgumentParser:
                       help="rerun tune even if cached, discarding an interrupted campaign (as `run --force tune`)")
     tune.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
-    submit = _sub(sub, "submit", "run the pipeline as a Ray job on a cluster",
-                  "Submit `ganpipe run` as a Ray job: the whole DAG runs on the cluster, one stage per Ray task.")
+    submit = _sub(sub, "submit", "run a ganpipe command as a Ray job on a cluster",
+                  "Submit a ganpipe command as a Ray job: `run` of --config by default (the whole DAG on the "
+                  "cluster, one stage per Ray task), or any subcommand given after --.")
     submit.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://127.0.0.1:8265")
-    submit.add_argument("--config", required=True, help="config file, relative to the repository")
-    submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    submit.add_argument("--config", help="config file for `run`, relative to the repository")
+    submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for `run`")
     submit.add_argument("--follow", action="store_true", help="stream logs and exit with the job's status")
     submit.add_argument("--entrypoint-cpus", type=float, default=0.0, help="CPUs reserved for the driver")
     submit.add_argument("--image", help="container image for the job (instead of pip deps)")
     submit.add_argument("--pip", action="append", help="pip requirement to install for the job")
     submit.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    submit.add_argument("job", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
+                        help="the ganpipe command the job runs, e.g. -- tune --config configs/default.yaml "
+                             "--campaign configs/tune/pbt.yaml")
 
     report = _sub(sub, "report", "regenerate a pipeline run's HTML report from MLflow",
                   "Rebuild the HTML report of a pipeline run from its stages' MLflow artifacts.")
@@ -234,12 +241,29 @@ def _registry_commands() -> dict:
             "report": rc.cmd_report, "evaluate": rc.cmd_evaluate}
 
 
-def cmd_submit(args) -> int:
+def job_command(args) -> list[str]:
+    """The ganpipe arguments a submitted job runs, checked here (usage and config) rather than on the cluster."""
     from pipeline.config import load_config
+
+    job = args.job[1:] if args.job[:1] == ["--"] else args.job
+    if job and (args.config or args.set):
+        raise UserError("submit: give --config/--set for `run`, or a whole command after --, not both")
+    if not job:
+        if not args.config:
+            raise UserError("submit: pass --config (to run the DAG) or a command after -- (see ganpipe submit --help)")
+        job = ["run", "--config", args.config, *[x for o in args.set for x in ("--set", o)]]
+    if job[0] == "submit":
+        raise UserError("submit: a submitted job cannot submit another job")
+    inner = _parser().parse_args(job)  # a usage error is one line here, not a failed job
+    if getattr(inner, "config", None):
+        load_config(inner.config, getattr(inner, "set", []))
+    return job
+
+
+def cmd_submit(args) -> int:
     from pipeline.submit import submit
 
-    load_config(args.config, args.set)  # fail here, not on the cluster, if the config is invalid
-    return submit(args.address, args.config, args.set, args.follow, args.entrypoint_cpus, args.image, args.pip)
+    return submit(args.address, job_command(args), args.follow, args.entrypoint_cpus, args.image, args.pip)
 
 
 COMMANDS = {"run": cmd_run, "tune": cmd_tune, "submit": cmd_submit}

@@ -179,10 +179,19 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
     if merge_campaign(tree, path.parent):
         for assignment in overrides:  # --set still wins over the campaign file
             apply_override(tree, assignment)
+    anchor_data_path(tree)
     try:
         return build(PipelineConfig, tree)
     except UserError as err:
         raise UserError(f"{path}: {err}") from None
+
+
+def anchor_data_path(tree: dict) -> None:
+    """A relative local data.path means relative to where the command was run: make it absolute now, since
+    stages run in the work dir (or on another node)."""
+    data = tree.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str) and "://" not in data["path"]:
+        data["path"] = str(Path(data["path"]).expanduser().resolve())
 
 
 def merge_campaign(tree: dict, config_dir: Path) -> bool:

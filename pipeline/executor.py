@@ -8,6 +8,7 @@ stage leaves nothing behind.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -61,8 +62,8 @@ def execute_stage(job: StageJob) -> dict:
         scratch = out = final.parent / f".tmp-{job.fingerprint[:16]}-{os.getpid()}"
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    previous_cwd = os.getcwd()
-    os.chdir(work)  # Tune resolves relative paths against the cwd; a Ray job's upload dir may vanish
+    previous_cwd = current_dir()
+    os.chdir(work)  # Tune resolves relative paths against the cwd, which must exist throughout
     try:
         mlflow.set_tracking_uri(job.tracking_uri)
         inputs = {u: localize(uri) for u, uri in job.input_uris.items()}
@@ -86,8 +87,19 @@ def execute_stage(job: StageJob) -> dict:
             publish(out, job.final_uri, record)  # inside the run: a failed publish ends it FAILED, not FINISHED
         return record
     finally:
-        os.chdir(previous_cwd)
+        with contextlib.suppress(OSError, TypeError):
+            os.chdir(previous_cwd)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def current_dir() -> str | None:
+    """The working directory, or the path it had if the directory was replaced: a Ray job's driver starts in
+    the job's unpacked working_dir, which Ray unpacks afresh (the same path, a new directory) when the driver
+    joins the cluster."""
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        return os.environ.get("PWD")
 
 
 def recorded_outputs(returned: dict, out: Path) -> dict[str, str]:

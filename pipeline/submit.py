@@ -1,4 +1,4 @@
-"""`python -m pipeline submit`: run the pipeline as a Ray job on a cluster (a JobSubmissionClient wrapper).
+"""`python -m pipeline submit`: run a ganpipe command as a Ray job on a cluster (a JobSubmissionClient wrapper).
 
 The Ray auth token is read from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; it is never
 printed or logged.
@@ -42,20 +42,20 @@ def runtime_env(image: str | None, pip: list[str] | None) -> dict:
     return spec
 
 
-def submit(address: str, config: str, overrides: list[str], follow: bool, entrypoint_cpus: float,
+def submit(address: str, command: list[str], follow: bool, entrypoint_cpus: float,
            image: str | None = None, pip: list[str] | None = None) -> int:
-    """Submit, optionally stream logs, and return 0 if the job succeeded (1 if it failed or stopped)."""
+    """Submit `python -m pipeline COMMAND...`, optionally stream logs, and return 0 if the job succeeded (1 if
+    it failed or stopped)."""
     require_token()  # before importing Ray, which reads RAY_AUTH_MODE at import time
     logging.getLogger("ray").setLevel(logging.WARNING)  # no per-file packaging chatter
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    if not (REPO / config).is_file() and not Path(config).is_file():
-        raise UserError(f"config file not found: {config}")
     # Quoted: overrides carry URIs with ? and & (storage.uri=s3://...?endpoint_override=...&scheme=http).
-    entrypoint = " ".join(["python -m pipeline run --config", shlex.quote(config),
-                           *[f"--set {shlex.quote(o)}" for o in overrides]])
-    submission_id = f"ganpipe-{Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    entrypoint = "python -m pipeline " + shlex.join(command)
+    config = command[command.index("--config") + 1] if "--config" in command[:-1] else None
+    label = f"{command[0]}-{Path(config).stem}" if config else command[0]
+    submission_id = f"ganpipe-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         client = JobSubmissionClient(address)
         _submit_with_retry(client, entrypoint=entrypoint, submission_id=submission_id,

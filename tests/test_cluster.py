@@ -85,3 +85,30 @@ def test_submit_without_token_fails_clearly(tmp_path, monkeypatch):
 
     with pytest.raises(UserError, match="no Ray auth token"):
         require_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing")})
+
+
+def test_submit_a_campaign_as_a_ray_job(two_node_cluster, mlflow_server, tmp_path):
+    """Any subcommand can be a job: here a campaign (`tune --campaign`), its trials on the cluster's nodes and
+    its trial runs in the shared MLflow server."""
+    from mlflow.tracking import MlflowClient
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
+    env.pop("RAY_ADDRESS", None)
+    sets = [f"work_dir={tmp_path / 'job'}", "ray.num_cpus=null", "ray.stage_tasks=never", "train.steps=10",
+            "train.report_every=5", "train.checkpoint_every=5", "tune.steps=10", "tune.report_every=5",
+            "tune.window=5", 'tune.search_space={"train.lr_g": {type: grid, values: [0.0002, 0.001]}}']
+    cmd = [sys.executable, "-m", "pipeline", "submit", "--address", two_node_cluster["dashboard"], "--follow", "--",
+           "tune", "--config", "configs/smoke.yaml", "--campaign", "configs/tune/lr-batch.yaml",
+           *[x for o in sets for x in ("--set", o)]]
+    job = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    (tmp_path.parent / "campaign-job.log").write_text(job.stdout + job.stderr)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-2000:]
+    assert "submitted ganpipe-tune-smoke-" in job.stdout and "SUCCEEDED" in job.stdout
+    assert "best config (stability score" in job.stdout
+
+    client = MlflowClient(mlflow_server)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    tune_run = client.search_runs(experiments, filter_string="tags.stage = 'tune'")[0]
+    trials = client.search_runs(experiments, f"tags.mlflow.parentRunId = '{tune_run.info.run_id}'")
+    assert len(trials) == 2 and {t.info.status for t in trials} == {"FINISHED"}  # lr grid x the smoke batch
+    assert not client.search_runs(experiments, "tags.stage = 'promote'")  # tune stops after the tune stage

@@ -118,3 +118,14 @@ def test_cli_usage_errors_are_one_line_with_status_2(capsys):
     assert main(["run", "--config", "configs/smoke.yaml", "--only", "evaluat"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "invalid choice: 'evaluat'" in err
+
+
+def test_a_relative_data_path_is_taken_from_where_the_command_runs(tmp_path, monkeypatch):
+    from pipeline.config import load_config
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(REPO / "configs" / "smoke.yaml", ["data.source=image_folder", "data.path=my_images"])
+    assert cfg.data.path == str(tmp_path / "my_images")  # stages run in the work dir: a relative path would move
+    remote = load_config(REPO / "configs" / "smoke.yaml", ["data.source=image_folder", "data.path=s3://b/imgs"])
+    assert remote.data.path == "s3://b/imgs"

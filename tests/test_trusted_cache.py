@@ -216,3 +216,17 @@ def test_runs_of_a_sigkilled_driver_are_marked_killed_by_the_next_run(tmp_path):
     code, out = _stop_at(tmp_path, "between renames", signal.SIGTERM, pause)
     assert code == 143 and "marked 2 run(s) KILLED" in out, out[-3000:]
     assert "RUNNING" not in {r.info.status for r in _runs(f"sqlite:///{tmp_path / 'mlflow.db'}")}
+
+
+@pytest.mark.slow
+def test_a_promote_rerun_judges_the_version_it_registered_instead_of_registering_again(smoke_run):
+    from pipeline.runner import run_pipeline
+
+    first = run_pipeline(smoke_run["cfg"], force={"promote"})
+    second = run_pipeline(smoke_run["cfg"], force={"promote"})  # as after a crash before publishing
+    client = MlflowClient(first["tracking_uri"])
+    fingerprint = client.get_run(second["stage_run_ids"]["promote"]).data.tags["fingerprint"]
+    same = [v for v in client.search_model_versions(f"name = '{first['model_name']}'")
+            if v.tags.get("fingerprint") == fingerprint]
+    assert second["model_version"] == first["model_version"] and len(same) == 1
+    assert "promotion.decision" in client.get_model_version(first["model_name"], first["model_version"]).tags
