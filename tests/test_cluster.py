@@ -14,7 +14,7 @@ import cluster  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def two_node_cluster():
     info = cluster.start(workers=1, cpus_per_node=1)
     try:

@@ -189,46 +189,59 @@ def test_multi_worker_trials_run_a_torch_trainer(ray_cluster, tune_tmp):
     assert os.path.getsize(out / "results.csv") > 0
 
 
+@pytest.fixture(scope="module")
+def two_trial_tmp(tmp_path_factory) -> Path:
+    """One work dir and store for the failure campaigns: they share the cached prepare and train stages."""
+    return tmp_path_factory.mktemp("failing-campaigns")
+
+
 def _gated_tune(tmp: Path, *options: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    cli = _tune_cli(tmp, "--set", "tune.max_failures=0", *extra)
-    return subprocess.run([sys.executable, "-m", "tests.tune_gate", str(tmp / "gate"), "99", *options, "--",
-                           *cli[3:]], cwd=REPO, capture_output=True, text=True)
+    """A 2-trial smoke campaign (lr_g grid), no retries and no scheduler (ASHA could stop a trial at the very
+    report after which it is set to raise), through tests.tune_gate with `options`."""
+    cli = _tune_cli(tmp, "--set", "tune.max_failures=0", "--set", "tune.scheduler=none", "--set",
+                    'tune.search_space={"train.lr_g": {type: grid, values: [0.0002, 0.001]}}', *extra)
+    gate = tmp / f"gate-{len(list(tmp.glob('gate-*')))}"
+    done = subprocess.run([sys.executable, "-m", "tests.tune_gate", str(gate), "99", *options, "--", *cli[3:]],
+                          cwd=REPO, capture_output=True, text=True)
+    done.gate = gate
+    return done
 
 
-def test_a_trial_that_raises_after_reporting_never_wins(tmp_path):
-    done = _gated_tune(tmp_path, "--fail-late", "0,1,2")  # only the fourth trial to start survives
+def test_a_trial_that_raises_after_reporting_never_wins(two_trial_tmp):
+    tmp = two_trial_tmp
+    done = _gated_tune(tmp, "--fail-late", "0")  # the first trial to start raises after its first report
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    gate = tmp_path / "gate"
-    survivor = (gate / "slot-3").read_text()
+    failing, survivor = [(done.gate / f"slot-{i}").read_text() for i in (0, 1)]
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     trials = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                 filter_string="attributes.run_name LIKE 'trial-%'")
     by_id = {t.data.tags["trial_id"]: t for t in trials}
     assert by_id[survivor].info.status == "FINISHED"
-    failed = [t for i, t in by_id.items() if i != survivor]
-    assert len(failed) == 3 and all(t.info.status == "FAILED" and "injected failure" in t.data.tags["error"]
-                                    for t in failed)
-    best = json.loads(next((tmp_path / "outputs" / "stages" / "tune").glob("*/best_config.json")).read_text())
-    results = pd.read_csv(next((tmp_path / "outputs" / "stages" / "tune").glob("*/results.csv")))
+    assert by_id[failing].info.status == "FAILED" and "injected failure" in by_id[failing].data.tags["error"]
+    stage = next(d for d in (tmp / "outputs" / "stages" / "tune").iterdir() if (d / "_stage.json").exists())
+    best = json.loads((stage / "best_config.json").read_text())
+    results = pd.read_csv(stage / "results.csv")
     winner = results.loc[results["score"] == best["score"]]
-    assert len(results) == 4 and (results["error"].fillna("") != "").sum() == 3
-    assert (winner["error"].fillna("") == "").all()  # the failed trials had scores, and lost
+    assert len(results) == 2 and (results["error"].fillna("") != "").sum() == 1
+    assert (winner["error"].fillna("") == "").all()  # the failed trial had a score, and lost
     assert "FAILED (RuntimeError: injected failure" in done.stdout
 
 
-def test_a_campaign_whose_every_trial_fails_fails_the_stage_in_one_line(tmp_path):
-    done = _gated_tune(tmp_path, "--fail", "all")
+def test_a_campaign_whose_every_trial_fails_fails_the_stage_in_one_line(two_trial_tmp):
+    tmp_path = two_trial_tmp
+    done = _gated_tune(tmp_path, "--fail", "all", extra=("--set", "tune.seed=1"))  # another tune fingerprint
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
-    assert done.stderr.strip().splitlines()[-1].startswith("failed: tune: all 4 trials failed")
+    assert done.stderr.strip().splitlines()[-1].startswith("failed: tune: all 2 trials failed")
     assert "Traceback" not in done.stderr
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    by_name = {}
-    for r in runs:
-        by_name.setdefault(r.info.run_name, []).append(r.info.status)
-    assert by_name["tune"] == ["FAILED"] and not list((tmp_path / "outputs" / "stages").glob("tune/*/_stage.json"))
-    assert sorted(s for name, st in by_name.items() if name.startswith("trial-") for s in st) == ["FAILED"] * 4
+    tune_run = next(r for r in runs if r.info.run_name == "tune" and r.data.params.get("tune.seed") == "1")
+    assert tune_run.info.status == "FAILED"
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == tune_run.info.run_id]
+    assert [t.info.status for t in trials] == ["FAILED"] * 2
+    fingerprint = tune_run.data.tags["fingerprint"]
+    assert not (tmp_path / "outputs" / "stages" / "tune" / fingerprint[:16] / "_stage.json").exists()
