@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -16,6 +17,19 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from components.errors import UserError
+
+
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<secret>[^@/\s]+)@")
+_SECRET_QUERY = re.compile(r"(?P<name>[?&;](?:[a-z0-9_]*(?:secret|password|passwd|token|access_key|credential|"
+                           r"signature|sig|session)[a-z0-9_]*))=(?P<value>[^&#\s'\"]*)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of any URI in it masked: a password in user:password@host, and query values
+    whose names say secret, password, token, access key, credential, signature or session. Used on every URI
+    that is logged, tagged, written to config.yaml or printed."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _SECRET_QUERY.sub(lambda m: f"{m['name']}=***", text)
 
 
 def is_remote(uri: str | os.PathLike) -> bool:
@@ -124,8 +138,18 @@ def ray_storage_args(uri: str | os.PathLike) -> tuple[str, object | None]:
 
 
 def local_cache_root() -> Path:
-    """Node-local cache of downloaded artifacts (GANPIPE_CACHE, else the system temp dir)."""
-    return Path(os.environ.get("GANPIPE_CACHE") or Path(tempfile.gettempdir()) / f"ganpipe-cache-{os.getuid()}")
+    """Node-local cache of downloaded artifacts (GANPIPE_CACHE, else the system temp dir): a directory only
+    this user can read or write (0700), refused if another user owns it. In a shared /tmp another user could
+    otherwise create it first and plant the data and checkpoints this node trains on."""
+    root = Path(os.environ.get("GANPIPE_CACHE") or Path(tempfile.gettempdir()) / f"ganpipe-cache-{os.getuid()}")
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = root.stat()
+    if info.st_uid != os.getuid():
+        raise UserError(f"cache directory {root} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}); "
+                        "remove it or set GANPIPE_CACHE to a directory of your own")
+    if info.st_mode & 0o077:
+        root.chmod(0o700)
+    return root
 
 
 def _listing(fs, path: str, info) -> list[tuple[str, int, int]]:
@@ -139,17 +163,32 @@ def _listing(fs, path: str, info) -> list[tuple[str, int, int]]:
 
 def listing_fingerprint(uri: str | os.PathLike) -> str:
     """sha256 of the paths, sizes and modification times under a local path or storage URI: a file added,
-    removed, replaced or touched changes it; reading no file content keeps it cheap on large folders."""
-    import pyarrow.fs as pafs
+    removed, replaced or touched changes it; reading no file content keeps it cheap on large folders. Local
+    names need not be valid UTF-8 (prepare says what is wrong with them), and nothing is opened, so a FIFO
+    cannot block it."""
+    if is_remote(uri):
+        import pyarrow.fs as pafs
 
-    loc = Location(str(uri) if is_remote(uri) else str(Path(str(uri).removeprefix("file://")).expanduser()))
-    fs, path = loc.fs_and_path()
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        raise UserError(f"data.path not found: {uri} (check the path or URI)")
-    base = path.rstrip("/")
-    rows = [(p.removeprefix(base), size, mtime) for p, size, mtime in _listing(fs, path, info)]
-    return hashlib.sha256(repr(rows).encode()).hexdigest()
+        fs, path = Location(str(uri)).fs_and_path()
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise UserError(f"data.path not found: {uri} (check the bucket, prefix and credentials)")
+        base = path.rstrip("/")
+        rows = [(p.removeprefix(base), size, mtime) for p, size, mtime in _listing(fs, path, info)]
+        return hashlib.sha256(repr(rows).encode()).hexdigest()
+    root = Path(str(uri).removeprefix("file://")).expanduser()
+    if not root.exists():
+        raise UserError(f"data.path not found: {root} (check the path, or use source 'digits' for the bundled set)")
+    h = hashlib.sha256()
+    walk = [(str(root.parent), [], [root.name])] if not root.is_dir() else os.walk(root)
+    for folder, dirs, files in walk:
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            info = os.lstat(path)
+            h.update(repr((os.fsencode(os.path.relpath(path, root)), info.st_size, info.st_mtime_ns,
+                           info.st_mode)).encode())
+    return h.hexdigest()
 
 
 def localize(uri: str | os.PathLike) -> Path:

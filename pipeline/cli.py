@@ -9,6 +9,7 @@ import os
 import sys
 
 from components.errors import RunFailed, UserError
+from components.storage import redact
 from pipeline import signals
 from pipeline.ray_edge import keep_ray_on_loopback
 
@@ -117,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--entrypoint-cpus", type=float, default=0.0, help="CPUs reserved for the driver")
     submit.add_argument("--image", help="container image for the job (instead of pip deps)")
     submit.add_argument("--pip", action="append", help="pip requirement to install for the job")
+    submit.add_argument("--secrets-file", metavar="PATH",
+                        help="a KEY=VALUE file readable on the cluster's nodes (mode 600) with the job's secrets "
+                             "(MLFLOW_TRACKING_PASSWORD, AWS_SECRET_ACCESS_KEY, ...); only its path is sent")
     submit.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     submit.add_argument("job", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
                         help="the ganpipe command the job runs, e.g. -- tune --config configs/default.yaml "
@@ -164,6 +168,27 @@ def _settings_arguments(p: argparse.ArgumentParser) -> None:
                                     "model's run, else built-in defaults)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+
+
+def load_secrets_file(environ=os.environ) -> None:
+    """In a submitted job: the secrets from the file GANPIPE_SECRETS_FILE names (KEY=VALUE lines) become
+    environment variables of this process and the Ray workers it starts. The file must be private (mode 600)."""
+    path = environ.get("GANPIPE_SECRETS_FILE")
+    if not path:
+        return
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"GANPIPE_SECRETS_FILE {path} does not exist on this node; put it on every node")
+    if file.stat().st_mode & 0o077:
+        raise UserError(f"secrets file {path} is readable by other users; chmod 600 {path}")
+    for number, line in enumerate(file.read_text().splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, sep, value = line.partition("=")
+            if not sep or not key.strip().isidentifier():
+                raise UserError(f"secrets file {path} line {number}: expected KEY=VALUE")
+            environ.setdefault(key.strip(), value.strip())
 
 
 def env_overrides(environ=os.environ) -> list[str]:
@@ -220,7 +245,7 @@ def print_summary(s: dict) -> None:
     """The one end-of-run summary a user reads."""
     m = s["metrics"]
     print("\n=== pipeline summary ===")
-    print(f"MLflow tracking URI : {s['tracking_uri']}")
+    print(f"MLflow tracking URI : {redact(s['tracking_uri'])}")
     print(f"parent run id       : {s['parent_run_id']}")
     print(f"cached stages       : {', '.join(s['cached']) or 'none'}")
     print(f"registered model    : {s['model_name']} version {s['model_version']}")
@@ -228,7 +253,7 @@ def print_summary(s: dict) -> None:
     print(f"FCD                 : {m['fcd']:.2f} (real vs real {m['fcd_real_vs_real']:.2f}, ratio {m['fcd_ratio']:.1f}x)")
     print(f"class KL / recall   : {m['class_kl']:.4f} / {m['recall_mean']:.3f} ({m['classes_covered']:.0f} classes covered)")
     print(f"D accuracy          : clean {m['d_clean_accuracy']:.3f}, under FGSM {m['d_fgsm_accuracy']:.3f}")
-    uri = s["tracking_uri"]
+    uri = redact(s["tracking_uri"])
     print(f"report              : {s['report']}")
     if uri.startswith("sqlite:"):
         print(f"browse              : mlflow ui --backend-store-uri {uri}")
@@ -263,7 +288,8 @@ def job_command(args) -> list[str]:
 def cmd_submit(args) -> int:
     from pipeline.submit import submit
 
-    return submit(args.address, job_command(args), args.follow, args.entrypoint_cpus, args.image, args.pip)
+    return submit(args.address, job_command(args), args.follow, args.entrypoint_cpus, args.image, args.pip,
+                  args.secrets_file)
 
 
 COMMANDS = {"run": cmd_run, "tune": cmd_tune, "submit": cmd_submit}
@@ -272,6 +298,11 @@ COMMANDS = {"run": cmd_run, "tune": cmd_tune, "submit": cmd_submit}
 def main(argv: list[str] | None = None) -> int:
     keep_ray_on_loopback()
     signals.install()
+    try:
+        load_secrets_file()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         args = _parser().parse_args(argv)
     except UserError as err:

@@ -14,6 +14,7 @@ from components.evaluation_config import EvaluateConfig
 from components.loss_config import LossConfig
 from components.metrics.scoring_config import StabilityWeights
 from components.promotion_config import GatesConfig
+from components.storage import redact
 from components.models import ModelConfig
 from components.training.config import TrainConfig
 
@@ -215,8 +216,9 @@ def merge_campaign(tree: dict, config_dir: Path) -> bool:
 
 
 def dump_config(cfg: PipelineConfig) -> str:
-    """The resolved config as YAML (written next to every run)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as YAML (written next to every run, printed by --dry-run), credentials in URIs
+    masked: give secrets through the environment (AWS_*, MLFLOW_TRACKING_PASSWORD), not in a URI."""
+    return redact(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
 def flat_params(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -227,5 +229,5 @@ def flat_params(tree: dict, prefix: str = "") -> dict[str, str]:
         if isinstance(v, dict) and v:
             out.update(flat_params(v, key + "."))
         else:
-            out[key] = str(v)[:500]
+            out[key] = redact(str(v))[:500]
     return out

@@ -77,6 +77,15 @@ def output_problem(uri: str, record: dict, full: bool = False) -> str | None:
     return None
 
 
+def remove_stale_scratch(final: Path) -> int:
+    """Delete the scratch directories of earlier attempts at this output (left by a SIGKILL or a full disk).
+    Only called under the output's lock, so none of them belongs to a live attempt. Returns how many."""
+    stale = list(final.parent.glob(f".tmp-{final.name}-*")) if final.parent.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(stale)
+
+
 def recover_aside(final: Path) -> bool:
     """If a publish was killed after renaming the old output aside, put the old one back. True if it did."""
     if final.exists():

@@ -156,7 +156,12 @@ def load_any_model(ref: str):
     from components.training.checkpoint import load_checkpoint, models_from_checkpoint
 
     if Path(ref).exists():
-        G, D, _ = models_from_checkpoint(load_checkpoint(ref))
+        ckpt = load_checkpoint(ref)
+        missing = [k for k in ("G_ema", "D", "config_json", "shape") if not isinstance(ckpt, dict) or k not in ckpt]
+        if missing:
+            raise UserError(f"--model {ref} is not a training checkpoint (it has no {', '.join(missing)}); pass a "
+                            "checkpoint.pt the pipeline wrote, or a models:/ URI")
+        G, D, _ = models_from_checkpoint(ckpt)
         return G, D
     if re.fullmatch(r"[0-9a-f]{32}", ref):
         ref = f"runs:/{ref}/generator"
@@ -173,6 +178,16 @@ def load_any_model(ref: str):
     return load_generator_file(weights), None
 
 
+EVALUATION_MARK = ".ganpipe-evaluation"  # in every --out dir `evaluate` writes: only those are replaced
+
+
+def refuse_foreign_dir(out: Path, mark: str) -> None:
+    """`out` is replaced whole; refuse unless it is absent, empty, or one this command wrote before."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / mark).is_file():
+        raise UserError(f"--out {out} exists and was not written by this command; it would be replaced, so "
+                        "give a new or empty directory")
+
+
 def cmd_evaluate(args) -> int:
     """Evaluate any saved model outside the DAG, on the data and evaluation settings of --config, else of the
     config its run was made under (cached or freshly prepared data)."""
@@ -185,16 +200,18 @@ def cmd_evaluate(args) -> int:
     from pipeline.runner import run_pipeline
 
     mlflow.set_tracking_uri(absolute_tracking_uri(tracking_uri_of(args)))  # what models:/ and runs:/ resolve against
+    out = Path(args.out).resolve()
+    refuse_foreign_dir(out, EVALUATION_MARK)  # before any work: a wrong --out costs nothing
     G, D = load_any_model(args.model)
     cfg = command_config(args, model_run_id(args.model))
     data_dir = Path(run_pipeline(cfg, until="prepare")["stage_dirs"]["prepare"]) / "data"
-    out = Path(args.out).resolve()
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:  # into a temp dir, renamed on success: no half-written output
         result = evaluate_models(G, D, data_dir, cfg.evaluate, Path(cfg.work_dir).resolve() / "cache", tmp,
                                  {"model": args.model})
+        (tmp / EVALUATION_MARK).write_text(f"written by ganpipe evaluate --model {args.model}\n")
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
     finally:

@@ -31,6 +31,11 @@ def _img(root: Path, name: str, title: str) -> str:
     return f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(title)}</figcaption></figure>'
 
 
+def _number(value, spec: str) -> str:
+    """A number formatted by `spec`; anything else (a report rebuilt from tampered artifacts) escaped as text."""
+    return format(value, spec) if isinstance(value, (int, float)) else html.escape(str(value))
+
+
 def _table(rows: list[dict], cls=None) -> str:
     if not rows:
         return "<p>(none)</p>"
@@ -75,9 +80,9 @@ def build_html(sources: dict[str, Path], title: str) -> str:
     parts = [
         f"<h1>{html.escape(title)}</h1>",
         "<h2>Data</h2>",
-        f"<p>{html.escape(manifest.get('source', {}).get('description', ''))}: {manifest.get('num_images', '?')} images, "
-        f"imbalance ratio {stats.get('imbalance_ratio', float('nan')):.2f}, normalised entropy "
-        f"{stats.get('normalized_entropy', float('nan')):.3f}, digest <code>{manifest.get('digest', '')[:16]}</code></p>",
+        f"<p>{html.escape(manifest.get('source', {}).get('description', ''))}: {html.escape(str(manifest.get('num_images', '?')))} images, "
+        f"imbalance ratio {_number(stats.get('imbalance_ratio'), '.2f')}, normalised entropy "
+        f"{_number(stats.get('normalized_entropy'), '.3f')}, digest <code>{html.escape(str(manifest.get('digest', ''))[:16])}</code></p>",
         _table(data_rows),
         "<div class='imgs'>", _img(sources.get("prepare"), "class_histogram.png", "class histogram"),
         _img(sources.get("prepare"), "real_samples.png", "real samples per class"), "</div>",
@@ -93,7 +98,7 @@ def build_html(sources: dict[str, Path], title: str) -> str:
         _img(sources.get("evaluate"), "generated_classes.png", "generated class histogram"),
         _img(sources.get("evaluate"), "robustness_curves.png", "robustness under attack"), "</div>",
         "<h2>Promotion</h2>",
-        f"<p>{html.escape(str(promotion.get('model_name', '')))} version {promotion.get('version', '?')}: "
+        f"<p>{html.escape(str(promotion.get('model_name', '')))} version {html.escape(str(promotion.get('version', '?')))}: "
         f"{html.escape(decision)}; aliases {html.escape(', '.join(promotion.get('aliases', [])))}</p>",
         f"<div id='promotion'>{_table(gates, cls=lambda r: 'pass' if r['passed'] else 'fail')}</div>",
     ]

@@ -9,14 +9,14 @@ from pathlib import Path
 import mlflow
 
 from components.errors import UserError
-from components.storage import Location, is_remote, join, listing_fingerprint, local_cache_root, localize
+from components.storage import Location, is_remote, join, listing_fingerprint, local_cache_root, localize, redact
 from pipeline.config import PipelineConfig, dump_config, flat_params
 from pipeline.dag import STAGE_BY_NAME, STAGES, Stage
 from pipeline.executor import StageJob, sections_of, submit_stage
 from pipeline.fingerprint import code_digest, git_commit, source_digest, stage_fingerprint
 from pipeline.ray_edge import ensure_ray
 from pipeline.report import build_html
-from pipeline.outputs import output_problem, read_marker, recover_aside, stage_lock
+from pipeline.outputs import output_problem, read_marker, recover_aside, remove_stale_scratch, stage_lock
 from pipeline.tracking import end_if_running, killed_on_interrupt, owner_tags, reap_orphaned_runs, setup_tracking
 
 def store_root(cfg: PipelineConfig) -> str:
@@ -150,6 +150,7 @@ def _run_stage(job_fields: dict, stage: Stage, as_task: bool) -> dict:
 def _cached_record(final: str, stage: Stage, client, verify: bool, i: int) -> tuple[dict | None, bool]:
     """(the stage's marker if it is a trustworthy cache hit else None, whether a marker was rejected)."""
     if not is_remote(final):
+        remove_stale_scratch(Path(final))
         recover_aside(Path(final))
     record = read_marker(final)
     if record is None:
@@ -190,7 +191,7 @@ def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), only: str |
         with mlflow.start_run(run_name=f"{cfg.name}-pipeline") as parent, killed_on_interrupt():
             owner = f"pid {os.getpid()} on {socket.gethostname()} (pipeline run {parent.info.run_id[:12]})"
             mlflow.set_tags({"code_version": code, "git_commit": git_commit() or "none", "pipeline": cfg.name,
-                             "storage": root, "stage_executor": "ray-task" if as_tasks else "driver",
+                             "storage": redact(root), "stage_executor": "ray-task" if as_tasks else "driver",
                              **owner_tags()})
             mlflow.log_params(flat_params(cfg.model_dump(mode="json")))
             mlflow.log_text(dump_config(cfg), "config.yaml")

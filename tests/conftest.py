@@ -81,7 +81,8 @@ def mlflow_server(tmp_path):
     port = free_port()
     env = {**os.environ, "MLFLOW": str(REPO / ".venv" / "bin" / "mlflow"), "MLFLOW_LOG": str(tmp_path / "mlflow.log")}
     pid = int(subprocess.run([str(REPO / "infra" / "mlflow" / "start.sh"), "--port", str(port), "--backend",
-                              f"sqlite:///{tmp_path / 'server.db'}", "--artifacts", str(tmp_path / "server-art")],
+                              f"sqlite:///{tmp_path / 'server.db'}", "--artifacts", str(tmp_path / "server-art"),
+                              "--no-auth"],
                              env=env, capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip())
     uri = f"http://127.0.0.1:{port}"
     try:

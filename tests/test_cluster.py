@@ -1,5 +1,6 @@
 """Beyond one machine, on loopback: a 2-node Ray cluster (token auth on), a local MLflow server, and the
 smoke pipeline submitted as a Ray job."""
+import json
 import os
 import subprocess
 import sys
@@ -49,12 +50,27 @@ def test_submit_smoke_pipeline_as_ray_job(two_node_cluster, mlflow_server, s3_en
     sets = [f"work_dir={tmp_path / 'driver'}", "ray.num_cpus=null", f"storage.uri={bucket}",
             "train.steps=10", "train.report_every=5", "train.checkpoint_every=5",
             'tune.search_space={"train.lr_g": {type: grid, values: [0.0002]}}']
+    # S3 credentials reach the job through a private file on the cluster's (here: this) disk, not the job record.
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text("".join(f"{k}={os.environ[k]}\n" for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")))
+    secrets.chmod(0o600)
+    env["AWS_SECRET_ACCESS_KEY"] = "not-the-job-secret-" + os.environ["AWS_SECRET_ACCESS_KEY"]  # must not travel
     cmd = [sys.executable, "-m", "pipeline", "submit", "--address", two_node_cluster["dashboard"],
-           "--config", "configs/smoke.yaml", "--follow", *[x for o in sets for x in ("--set", o)]]
+           "--config", "configs/smoke.yaml", "--follow", "--secrets-file", str(secrets),
+           *[x for o in sets for x in ("--set", o)]]
     job = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     (tmp_path.parent / "job.log").write_text(job.stdout + job.stderr)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-2000:]
     assert "SUCCEEDED" in job.stdout and "train: running as a Ray task" in job.stdout
+    submission = job.stdout.split("submitted ", 1)[1].split()[0]
+    record = subprocess.run([sys.executable, "-c", (  # a fresh process: Ray reads RAY_AUTH_MODE at import
+        "import json, sys; from ray.job_submission import JobSubmissionClient;"
+        "print(json.dumps(JobSubmissionClient(sys.argv[1]).get_job_info(sys.argv[2]).runtime_env))"),
+        two_node_cluster["dashboard"], submission], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "RAY_AUTH_MODE": "token"})
+    runtime_env = json.loads(record.stdout.strip().splitlines()[-1])
+    assert "AWS_SECRET_ACCESS_KEY" not in json.dumps(runtime_env)
+    assert runtime_env["env_vars"]["GANPIPE_SECRETS_FILE"] == str(secrets)
 
     client = MlflowClient(mlflow_server)
     version = client.get_model_version_by_alias("ganpipe-smoke", "challenger")

@@ -55,7 +55,7 @@ def test_image_folder_gray_to_rgb(tmp_path):
 @pytest.mark.parametrize("bad_name, payload, needle", [
     ("broken.png", png_bytes(3)[:40], "not a readable image"),
     ("empty.png", b"", "zero-byte file"),
-    ("notes.txt", b"just some text", "not a readable image"),
+    ("notes.png", b"just some text", "not a readable image"),
 ])
 def test_unreadable_file_names_the_file(tmp_path, bad_name, payload, needle):
     root = make_folder(tmp_path / "imgs")

@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from components.data.sources import RawImages, _collect, _require_path
+
+CIFAR_ROW = 3 * 32 * 32
+MAX_BATCH_BYTES = 1 << 30  # a genuine CIFAR batch is about 30 MB
 from components.errors import UserError
 
 
@@ -19,25 +22,49 @@ def _parquet_files(path: Path) -> list[Path]:
     return files
 
 
-def load_parquet(cfg) -> RawImages:
-    """Parquet with an image column (encoded bytes, or a fixed-shape uint8 array) and an integer label column."""
+def _read_parquet(file: Path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    images, labels, skipped, resized = [], [], [], 0
+    try:
+        return pq.read_table(file)
+    except (pa.ArrowException, OSError) as err:
+        raise UserError(f"{file}: not a readable Parquet file ({str(err).splitlines()[0][:120]}); "
+                        "re-export it, or move it out of data.path") from None
+
+
+def load_parquet(cfg) -> RawImages:
+    """Parquet with an image column (encoded bytes, or a fixed-shape uint8 array) and an integer label column.
+    Every file holds the same kind of image column."""
+    import pyarrow as pa
+
+    images, labels, skipped, resized, kinds = [], [], [], 0, {}
     for file in _parquet_files(_require_path(cfg)):
-        table = pq.read_table(file)
+        table = _read_parquet(file)
         missing = [c for c in (cfg.image_column, cfg.label_column) if c not in table.column_names]
         if missing:
             raise UserError(f"{file}: missing column(s) {missing}; it has {table.column_names}. "
                             "Set data.image_column / data.label_column")
+        if table.num_rows == 0:
+            raise UserError(f"{file}: no rows; remove the empty file from data.path")
         label_type = table.schema.field(cfg.label_column).type
         if not pa.types.is_integer(label_type):
             raise UserError(f"{file}: label column '{cfg.label_column}' has type {label_type}; labels must be "
                             "integers (map class names to 0..C-1 first)")
+        label_col = table.column(cfg.label_column)
+        if label_col.null_count:
+            row = next(i for i, v in enumerate(label_col.to_pylist()) if v is None)
+            raise UserError(f"{file} row {row}: no label (null); every row needs an integer label")
         col = table.column(cfg.image_column)
-        file_labels = table.column(cfg.label_column).to_numpy()
-        if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+        encoded = pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)
+        kind = "encoded images" if encoded else "arrays"
+        kinds.setdefault(kind, file)
+        if len(kinds) > 1:
+            other = next(f for k, f in kinds.items() if k != kind)
+            raise UserError(f"{file}: column '{cfg.image_column}' holds {kind} but {other} holds "
+                            f"{'arrays' if encoded else 'encoded images'}; use one kind of file per data set")
+        file_labels = label_col.to_numpy()
+        if encoded:
             raw = _collect([(b, int(y), f"{file} row {i}") for i, (b, y) in enumerate(zip(col.to_pylist(), file_labels))],
                            cfg, str(file), [])
             images.append(raw.images_nhwc)
@@ -57,7 +84,7 @@ def _fixed_shape_rows(file: Path, table, cfg) -> np.ndarray:
     meta = (table.schema.metadata or {}).get(b"image_shape_hwc")
     shape = tuple(cfg.image_shape or (json.loads(meta) if meta else ()))
     if not shape:
-        raise UserError(f"{file}: column '{cfg.image_column}' holds arrays but no shape is known; "
+        raise UserError(f"{file}: column '{cfg.image_column}' holds arrays of varying or unknown shape; "
                         "set data.image_shape: [H, W, C]")
     want = int(np.prod(shape))
     rows = table.column(cfg.image_column).to_pylist()
@@ -66,6 +93,10 @@ def _fixed_shape_rows(file: Path, table, cfg) -> np.ndarray:
             got = 0 if row is None else len(row)
             raise UserError(f"{file} row {i}: image has {got} values but data.image_shape {list(shape)} needs {want}")
     return np.asarray(rows, dtype=np.uint8).reshape(len(rows), *shape)
+
+
+class _Disallowed(pickle.UnpicklingError):
+    """A global outside RestrictedUnpickler.ALLOWED."""
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -79,19 +110,27 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
+            raise _Disallowed(f"global '{module}.{name}' is not allowed")
         return super().find_class(module, name)
 
 
 def _load_cifar_pickle(path: Path) -> dict:
+    """A CIFAR batch, unpickled from memory: a length that claims more bytes than the file has is then a
+    truncated file, not a 2 GiB allocation."""
+    import io
+
+    if path.stat().st_size > MAX_BATCH_BYTES:
+        raise UserError(f"{path}: {path.stat().st_size} bytes is too large for a CIFAR batch")
     try:
-        with open(path, "rb") as f:
-            return RestrictedUnpickler(f, encoding="bytes").load()
-    except pickle.UnpicklingError as err:
+        batch = RestrictedUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+    except _Disallowed as err:
         raise UserError(f"{path}: refused to unpickle ({err}); CIFAR batches hold only arrays, lists and "
                         "strings, so this file is not a genuine CIFAR batch") from None
-    except (EOFError, ValueError) as err:
+    except (pickle.UnpicklingError, EOFError, ValueError, MemoryError, OverflowError) as err:
         raise UserError(f"{path}: truncated or corrupt CIFAR batch ({type(err).__name__})") from None
+    if not isinstance(batch, dict):
+        raise UserError(f"{path}: not a CIFAR batch (a {type(batch).__name__}, not a dict)")
+    return batch
 
 
 def load_cifar(cfg) -> RawImages:
@@ -106,9 +145,18 @@ def load_cifar(cfg) -> RawImages:
         key = b"labels" if b"labels" in batch else b"fine_labels"
         if b"data" not in batch or key not in batch:
             raise UserError(f"{path}: not a CIFAR batch (needs b'data' and b'labels' or b'fine_labels')")
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        try:
+            data = np.asarray(batch[b"data"], dtype=np.uint8)
+            batch_labels = np.asarray(batch[key], dtype=np.int64)
+        except (TypeError, ValueError):
+            raise UserError(f"{path}: data must be uint8 rows and labels must be integers") from None
+        if data.ndim != 2 or data.shape[1] != CIFAR_ROW:
+            raise UserError(f"{path}: rows of {data.shape[-1] if data.ndim else 0} values; CIFAR rows hold "
+                            f"{CIFAR_ROW} (3 x 32 x 32)")
+        if len(batch_labels) != len(data):
+            raise UserError(f"{path}: {len(data)} rows but {len(batch_labels)} labels; the batch is inconsistent")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # rows are CHW-flattened
-        labels.append(np.asarray(batch[key], dtype=np.int64))
+        labels.append(batch_labels)
     meta_path = next((p for p in (root / "batches.meta", root / "meta") if p.exists()), None)
     labels_all = np.concatenate(labels)
     names = [str(c) for c in range(int(labels_all.max()) + 1)]
@@ -119,21 +167,33 @@ def load_cifar(cfg) -> RawImages:
     return RawImages(np.concatenate(images), labels_all, names, f"CIFAR batches in {root}")
 
 
-def _read_idx(path: Path, magic: int) -> np.ndarray:
+def _read_idx(path: Path, magic: int, kind: str) -> np.ndarray:
+    """An IDX array (uint8 data) whose header is `magic`; its dimensions must account for every byte."""
+    import zlib
+
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
             raw = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise UserError(f"{path}: truncated or corrupt gzip ({type(err).__name__}); download it again") from None
     except OSError as err:
         raise UserError(f"{path}: unreadable IDX file ({err})") from None
-    if len(raw) < 8 or int.from_bytes(raw[:4], "big") != magic:
-        raise UserError(f"{path}: not an IDX file with magic {magic}")
+    found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+    if len(raw) < 8 or found != magic:
+        raise UserError(f"{path}: not an IDX {kind} file (magic {found}, expected {magic}); check which file is which")
     ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise UserError(f"{path}: IDX header cut short ({len(raw)} of {header} bytes)")
     dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
-        raise UserError(f"{path}: truncated IDX file ({body.size} of {int(np.prod(dims))} values)")
-    return body.reshape(dims)
+    want, have = int(np.prod(dims)), len(raw) - header
+    if have < want:
+        raise UserError(f"{path}: truncated IDX file ({have} of {want} values)")
+    if have > want:
+        raise UserError(f"{path}: {have - want} bytes after the {want} values its header declares; the file is "
+                        "corrupt or not an IDX file")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
 def _find(root: Path, stem: str) -> Path:
@@ -146,8 +206,8 @@ def _find(root: Path, stem: str) -> Path:
 def load_mnist_idx(cfg) -> RawImages:
     """MNIST / Fashion-MNIST IDX training files, raw or .gz."""
     root = _require_path(cfg)
-    images = _read_idx(_find(root, "train-images-idx3-ubyte"), 2051)
-    labels = _read_idx(_find(root, "train-labels-idx1-ubyte"), 2049).astype(np.int64)
+    images = _read_idx(_find(root, "train-images-idx3-ubyte"), 2051, "image")
+    labels = _read_idx(_find(root, "train-labels-idx1-ubyte"), 2049, "label").astype(np.int64)
     if len(images) != len(labels):
         raise UserError(f"{root}: {len(images)} images but {len(labels)} labels")
     return RawImages(images[..., None], labels, [str(c) for c in range(int(labels.max()) + 1)], f"IDX files in {root}")

@@ -36,6 +36,7 @@ def prepare_dataset(cfg: DataConfig, out_dir: Path, source_uri: str | None = Non
         "source": {"name": cfg.source, "description": raw.description, "path": source_uri or cfg.path},
         "class_names": names,
         "skipped_files": raw.skipped,
+        "ignored_files": raw.ignored,
         "resized_images": raw.resized,
         "num_classes": n_classes,
         "num_images": int(len(labels)),

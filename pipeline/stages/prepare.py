@@ -5,6 +5,7 @@ Writes: data/*.parquet, data/manifest.json, class_histogram.png, real_samples.pn
 """
 from __future__ import annotations
 
+import re
 import warnings
 
 import mlflow
@@ -16,6 +17,11 @@ from components.errors import UserError
 from components.plots import bar_chart, class_rows_grid
 from components.storage import is_remote, localize
 from pipeline.stages.context import StageContext
+
+
+def metric_name(class_name: str) -> str:
+    """A class name as MLflow accepts in a metric key (the manifest and the report keep the real name)."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", class_name)
 
 
 def local_source(cfg: DataConfig) -> DataConfig:
@@ -40,7 +46,7 @@ def run(ctx: StageContext) -> dict:
     mlflow.log_params({"imbalance_ratio": round(stats["imbalance_ratio"], 4),
                        "normalized_entropy": round(stats["normalized_entropy"], 4),
                        "rebalance": ctx.cfg.data.rebalance, "dataset_digest": manifest["digest"]})
-    mlflow.log_metrics({f"count_{split}_class_{names[c]}": n
+    mlflow.log_metrics({f"count_{split}_class_{metric_name(names[c])}": n
                         for split, counts in manifest["class_counts"].items() for c, n in enumerate(counts)})
     mlflow.log_metrics({"imbalance_ratio": stats["imbalance_ratio"], "normalized_entropy": stats["normalized_entropy"],
                         "num_images": manifest["num_images"]})
