@@ -5,16 +5,24 @@ import time
 
 
 class MlflowRunLogger:
-    """Logs step metrics and PNGs to run `run_id` at `tracking_uri`; used by rank 0 only."""
+    """Logs step metrics and PNGs to run `run_id` at `tracking_uri`; used by rank 0 only.
 
-    def __init__(self, tracking_uri: str, run_id: str, prefix: str = ""):
+    A worker group that Ray Train restarts from a checkpoint trains again the steps after it; the run
+    already holds their metrics (logged before the crash), so steps up to the last one logged are not logged
+    again: one row per metric and step."""
+
+    def __init__(self, tracking_uri: str, run_id: str, prefix: str = "", watch: str = "d_loss"):
         from mlflow.tracking import MlflowClient
 
         self.client, self.run_id, self.prefix = MlflowClient(tracking_uri), run_id, prefix
+        history = self.client.get_metric_history(run_id, prefix + watch)
+        self.logged_through = max((m.step for m in history), default=-1)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
+        if step <= self.logged_through:
+            return
         now = int(time.time() * 1000)
         batch = [Metric(self.prefix + k, float(v), now, step) for k, v in metrics.items()
                  if k != "step" and isinstance(v, (int, float))]

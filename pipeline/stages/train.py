@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 
-from components.errors import UserError
+from components.errors import RunFailed, UserError
 from components.plots import line_chart
 from components.storage import Location, join
 from components.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
@@ -38,17 +38,34 @@ def check_gpu_request(use_gpu: bool, num_workers: int) -> None:
                         "worker(s): set train.use_gpu=false or submit to a GPU cluster")
 
 
+def failure_line(error: BaseException) -> str:
+    """The most telling line of a Ray Train failure: the worker's own exception if it names one."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line.split(":", 1)[0] and not line.startswith("File "):
+            return line[:300]
+    return (lines[0] if lines else type(error).__name__)[:300]
+
+
 def fit_and_collect(ctx: StageContext, config: WorkerConfig, run_name: str, out_dir: Path) -> dict:
     """Run the TorchTrainer, copy its final checkpoint to out_dir, and return the final metrics."""
     check_gpu_request(config.train.use_gpu, config.train.num_workers)
     storage = ctx.ray_storage()
     if ctx.forced:  # a run with the same name would resume from its latest checkpoint
         Location(join(storage, run_name)).delete()
+    from ray.train import TrainingFailedError
+
     lean = lean_runs()
-    result = run_torch_trainer(config, storage, run_name, placement_group_cleaner=not lean,
-                               autoscaling_requests=not lean)
-    if result.error is not None:
-        raise RuntimeError(f"training failed: {result.error}")
+    try:
+        result = run_torch_trainer(config, storage, run_name, placement_group_cleaner=not lean,
+                                   autoscaling_requests=not lean)
+        error = result.error
+    except TrainingFailedError as err:  # Ray Train raises once its worker group has failed too often
+        error = err
+    if error is not None:
+        raise RunFailed(f"train: {failure_line(error)} (the worker group failed more than "
+                        f"train.max_failures={config.train.max_failures} time(s)); its checkpoints are kept, so "
+                        "rerunning the same command resumes from the last one") from None
     with result.checkpoint.as_directory() as d:
         shutil.copy2(Path(d) / CHECKPOINT_FILE, out_dir / CHECKPOINT_FILE)
     return dict(result.metrics or {})
