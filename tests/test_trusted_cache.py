@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -138,21 +139,25 @@ def _runs(tracking_uri: str) -> list:
 
 @pytest.mark.slow
 def test_a_rerun_against_an_empty_tracking_store_reregisters(smoke_run, tmp_path):
-    from pipeline.config import load_config
-    from pipeline.runner import run_pipeline
-
     import shutil
 
     work = tmp_path / "outputs"  # a copy: the shared smoke outputs stay tied to the smoke store
     shutil.copytree(smoke_run["cfg"].work_dir, work, symlinks=True)
-    summary = run_pipeline(load_config(REPO / "configs" / "smoke.yaml", [
-        f"work_dir={work}", f"tracking.uri=sqlite:///{tmp_path / 'fresh.db'}",
-        f"tracking.artifact_root={tmp_path / 'art'}"]))
-    assert summary["cached"] == []  # every marker names runs the new store does not have
-    client = MlflowClient(summary["tracking_uri"])
-    version = client.get_model_version(summary["model_name"], summary["model_version"])
-    assert version.run_id == summary["stage_run_ids"]["evaluate"]  # its LoggedModel, in the new store
-    assert version.tags["source_run_id"] == summary["stage_run_ids"]["promote"]
+    sets = [f"work_dir={work}", f"tracking.uri=sqlite:///{tmp_path / 'fresh.db'}",
+            f"tracking.artifact_root={tmp_path / 'art'}"]
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", "configs/smoke.yaml",
+                           *[x for s in sets for x in ("--set", s)]], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "cached stages       : none" in done.stdout  # every marker names runs the new store does not have
+    assert "is not in this tracking store; rerunning it afresh" in done.stdout
+    version = re.search(r"registered model    : (\S+) version (\d+)", done.stdout)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'fresh.db'}")
+    registered = client.get_model_version(version[1], version[2])  # exists in the new store
+    runs = {r.info.run_id: r.data.tags.get("stage") for r in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()])}
+    assert runs[registered.run_id] == "evaluate" and runs[registered.tags["source_run_id"]] == "promote"
 
 
 @pytest.mark.slow
