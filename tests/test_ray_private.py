@@ -30,3 +30,16 @@ def test_a_missing_private_name_is_reported(monkeypatch):
                                                         ("ray.train.torch", "TorchTrainer", ("_gone_in_a_release",)),
                                                         ("ray.no_such_module", None, ())))
     assert ray_private.private_layout_problems() == ["no TorchTrainer._gone_in_a_release", "no module ray.no_such_module"]
+
+
+def test_a_runs_stop_handlers_are_removed_when_it_ends():
+    """A run's Ctrl+C handler holds its controller; left installed it would keep the actor alive."""
+    import signal
+
+    from components.training.ray_private import handlers_restored, install_abort_on_stop
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with handlers_restored():
+        install_abort_on_stop(controller=object())
+        assert signal.getsignal(signal.SIGINT) not in before
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

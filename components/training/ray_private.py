@@ -7,6 +7,7 @@ listed here no longer has the layout these overrides rely on.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import logging
@@ -108,12 +109,31 @@ def lean_torch_trainer_class(placement_group_cleaner: bool = True, autoscaling_r
             policy = controller_init_kwargs.get("scaling_policy")
             if not autoscaling_requests and type(policy) is FixedScalingPolicy:
                 controller_init_kwargs["scaling_policy"] = UnannouncedFixedScalingPolicy(policy.scaling_config)
-            return super()._initialize_and_run_controller(**controller_init_kwargs)
+            with handlers_restored():
+                return super()._initialize_and_run_controller(**controller_init_kwargs)
 
         def _register_sigint_handler(self, controller):
             install_abort_on_stop(controller)
 
     return LeanTorchTrainer
+
+
+@contextlib.contextmanager
+def handlers_restored():
+    """Put back the SIGINT/SIGTERM handlers a run replaced once it ends: the run's handler holds its
+    controller, which would otherwise stay alive, with its resources, as long as this process does."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def install_abort_on_stop(controller) -> None:
