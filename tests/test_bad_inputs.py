@@ -332,12 +332,19 @@ CHECKPOINT_CASES = [
 ]
 
 
-def _cli(tmp: Path, spec: dict, *extra: str) -> list[str]:
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """One tracking store for every case: each is refused in prepare, and a new SQLite store costs a
+    schema migration."""
+    return tmp_path_factory.mktemp("store")
+
+
+def _cli(tmp: Path, spec: dict, store: Path) -> list[str]:
     sets = [f"data.{k}={v}" for k, v in spec.items()] + [
-        f"work_dir={tmp / 'work'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
-        f"tracking.artifact_root={tmp / 'art'}", "data.val_fraction=0.2", "data.test_fraction=0.2",
+        f"work_dir={tmp / 'work'}", f"tracking.uri=sqlite:///{store / 'mlflow.db'}",
+        f"tracking.artifact_root={store / 'art'}", "data.val_fraction=0.2", "data.test_fraction=0.2",
         "data.imbalance_ratio=1"]
-    return ["run", "--config", str(REPO / "configs" / "smoke.yaml"), *[x for s in sets for x in ("--set", s)], *extra]
+    return ["run", "--config", str(REPO / "configs" / "smoke.yaml"), *[x for s in sets for x in ("--set", s)]]
 
 
 def test_there_are_at_least_fifty_bad_inputs():
@@ -345,9 +352,9 @@ def test_there_are_at_least_fifty_bad_inputs():
 
 
 @pytest.mark.parametrize("name, build, needle, skippable", CASES, ids=[c[0] for c in CASES])
-def test_a_bad_input_is_refused_in_one_line(tmp_path, capsys, name, build, needle, skippable):
+def test_a_bad_input_is_refused_in_one_line(tmp_path, capsys, store, name, build, needle, skippable):
     spec = build(tmp_path)
-    code = main(_cli(tmp_path, spec))
+    code = main(_cli(tmp_path, spec, store))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2, err
     assert len(err) == 1 and needle in err[0], err

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ sys.path.insert(0, str(REPO / "infra" / "local"))
 import cluster  # noqa: E402
 
 pytestmark = pytest.mark.slow
+SECRET = "PLANTEDSECRET123"
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,8 @@ def test_submit_smoke_pipeline_as_ray_job(two_node_cluster, mlflow_server, s3_en
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
     env.pop("RAY_ADDRESS", None)
-    bucket = s3_uri(s3_endpoint, f"cluster-{os.getpid()}/smoke")
+    # A secret planted in the storage URI must reach no log, param, tag or config (credentials in URIs are masked).
+    bucket = s3_uri(s3_endpoint, f"cluster-{os.getpid()}/smoke").replace("s3://", f"s3://testing:{SECRET}@", 1)
     sets = [f"work_dir={tmp_path / 'driver'}", "ray.num_cpus=null", f"storage.uri={bucket}",
             "train.steps=10", "train.report_every=5", "train.checkpoint_every=5",
             'tune.search_space={"train.lr_g": {type: grid, values: [0.0002]}}']
@@ -73,6 +76,12 @@ def test_submit_smoke_pipeline_as_ray_job(two_node_cluster, mlflow_server, s3_en
     assert runtime_env["env_vars"]["GANPIPE_SECRETS_FILE"] == str(secrets)
 
     client = MlflowClient(mlflow_server)
+    assert SECRET not in job.stdout + job.stderr and "testing:***@" in job.stdout + job.stderr
+    for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
+        assert SECRET not in json.dumps({**run.data.params, **run.data.tags}), run.info.run_name
+        if "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}:
+            config = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
+            assert SECRET not in config and "testing:***@" in config
     version = client.get_model_version_by_alias("ganpipe-smoke", "challenger")
     assert version.version
     experiments = [e.experiment_id for e in client.search_experiments()]

@@ -1,5 +1,5 @@
-"""Injected faults the pipeline survives: a training worker SIGKILLed mid-run, and one killed more often than
-train.max_failures allows. Each checks the exit status, that no MLflow run is left RUNNING, that no marker
+"""Injected faults the pipeline survives: a training worker SIGKILLed mid-run, one killed more often than
+train.max_failures allows, and the driver SIGKILLed mid-training. Each checks the exit status, that no MLflow run is left RUNNING, that no marker
 stands without its outputs, and that the metric history has one row per step."""
 from __future__ import annotations
 
@@ -18,18 +18,22 @@ from tests.conftest import REPO, smoke_overrides
 
 pytestmark = pytest.mark.slow
 
-TRAINING = ("train.steps=200", "train.report_every=10", "train.checkpoint_every=40",
+# Long enough after each kill point that a kill lands mid-training however late Ray delivers the log line.
+TRAINING = ("train.steps=400", "train.report_every=10", "train.checkpoint_every=40",
             'tune.search_space={"train.lr_g": {type: grid, values: [0.0002]}}', "tune.steps=10",
             "tune.report_every=5", "tune.window=5")
 
 
-def _run_killing_a_worker(tmp: Path, *sets: str, kill_at: tuple[int, ...] = ()) -> tuple[int, str]:
+def _run_killing_a_worker(tmp: Path, *sets: str, kill_at: tuple[int, ...] = (),
+                          kill_driver_at: int | None = None) -> tuple[int, str]:
     """The smoke DAG; each time rank 0 prints a step at or past the next of `kill_at`, SIGKILL that worker
-    process (by the pid Ray puts in front of its lines). Returns (exit status, output)."""
+    process (by the pid Ray puts in front of its lines); at `kill_driver_at`, SIGKILL the driver and all it
+    started. Returns (exit status, output)."""
     cli = [sys.executable, "-m", "pipeline", "run", "--config", "configs/smoke.yaml",
            *[x for s in [*smoke_overrides(tmp), *TRAINING, *sets] for x in ("--set", s)]]
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen(cli, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cli, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     seen, pending = [], list(kill_at)
     for line in proc.stdout:
         seen.append(line)
@@ -37,8 +41,11 @@ def _run_killing_a_worker(tmp: Path, *sets: str, kill_at: tuple[int, ...] = ()) 
         if pending and match and int(match[2]) >= pending[0]:
             os.kill(int(match[1]), signal.SIGKILL)
             pending.pop(0)
+        if kill_driver_at is not None and match and int(match[2]) >= kill_driver_at:
+            os.killpg(proc.pid, signal.SIGKILL)
+            kill_driver_at = None
     proc.wait(timeout=600)
-    assert not pending, "".join(seen[-40:])
+    assert not pending and kill_driver_at is None, "".join(seen[-40:])
     return proc.returncode, "".join(seen)
 
 
@@ -56,11 +63,11 @@ def _d_loss_steps(client: MlflowClient, run_id: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, "d_loss"))
 
 
-def test_killed_workers_restart_then_fail_in_one_line_past_max_failures_and_a_rerun_resumes(tmp_path):
+def test_killed_workers_restart_then_fail_past_max_failures_and_reruns_resume_even_after_a_driver_kill(tmp_path):
     # max_failures=1: the first kill restarts the worker group from its checkpoint, the second fails the run.
     code, out = _run_killing_a_worker(tmp_path, kill_at=(60, 150))
     assert code == 1, out[-3000:]
-    assert "resuming from the checkpoint at step 40" in out  # Ray Train restarted the worker group once
+    assert re.search(r"resuming from the checkpoint at step \d+", out), out[-3000:]  # restarted once
     last = out.strip().splitlines()[-1]
     assert last.startswith("failed: train: ") and "rerunning the same command resumes" in last, last
     client = _check_nothing_left_half_done(tmp_path)
@@ -71,7 +78,14 @@ def test_killed_workers_restart_then_fail_in_one_line_past_max_failures_and_a_re
     assert steps == list(range(10, steps[-1] + 1, 10)) and steps[-1] >= 140, steps
     assert not list((tmp_path / "outputs" / "stages").glob("train/*/_stage.json"))  # the cache is untouched
 
-    code, out = _run_killing_a_worker(tmp_path)  # the same command again
+    # The same command again resumes; its driver is then SIGKILLed with everything it started.
+    code, out = _run_killing_a_worker(tmp_path, kill_driver_at=180)
+    resumed = [int(n) for n in re.findall(r"resuming from the checkpoint at step (\d+)", out)]
+    assert code == -signal.SIGKILL and resumed and resumed[0] >= 120, out[-3000:]
+
+    code, out = _run_killing_a_worker(tmp_path)  # and once more: prepare is reused, training resumes again
     assert code == 0, out[-3000:]
-    assert re.search(r"resuming from the checkpoint at step (120|160)", out), out[-3000:]
+    assert "prepare: cached" in out and "marked 2 run(s) KILLED" in out, out[-3000:]
+    again = [int(n) for n in re.findall(r"resuming from the checkpoint at step (\d+)", out)]
+    assert again and again[0] >= 160, out[-3000:]
     _check_nothing_left_half_done(tmp_path)
