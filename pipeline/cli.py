@@ -279,6 +279,10 @@ def job_command(args) -> list[str]:
         job = ["run", "--config", args.config, *[x for o in args.set for x in ("--set", o)]]
     if job[0] == "submit":
         raise UserError("submit: a submitted job cannot submit another job")
+    leaking = next((arg for arg in job if redact(arg) != arg), None)
+    if leaking is not None:  # the entrypoint is part of the job record, in clear
+        raise UserError(f"submit: {redact(leaking)} holds a credential, which the job record would show; pass "
+                        "it through --secrets-file (AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_PASSWORD, ...) instead")
     inner = _parser().parse_args(job)  # a usage error is one line here, not a failed job
     if getattr(inner, "config", None):
         load_config(inner.config, getattr(inner, "set", []))

@@ -33,6 +33,30 @@ def test_redact_masks_passwords_and_secret_query_values(uri, masked):
     assert SECRET not in storage.redact(f"text around {uri} and more")
 
 
+def test_a_planted_secret_reaches_no_param_tag_config_or_printed_line(s3_endpoint, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+    from tests.conftest import smoke_overrides
+
+    bucket = f"s3://testing:{SECRET}@sec-{os.getpid()}/run?endpoint_override={s3_endpoint}&scheme=http" \
+             "&allow_bucket_creation=true"
+    overrides = smoke_overrides(tmp_path) + [f"storage.uri={bucket}"]
+    run_pipeline(load_config(REPO / "configs" / "smoke.yaml", overrides), until="prepare")
+    assert main(["run", "--config", str(REPO / "configs" / "smoke.yaml"), "--dry-run",
+                 *[x for o in overrides for x in ("--set", o)]]) == 0
+    printed = capsys.readouterr()
+    assert SECRET not in printed.out + printed.err and "testing:***@" in printed.out
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert {r.info.run_name for r in runs} == {"smoke-pipeline", "prepare"}
+    for run in runs:
+        assert SECRET not in json.dumps({**run.data.params, **run.data.tags}), run.info.run_name
+        config = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
+        assert SECRET not in config and "testing:***@" in config
+
+
 def test_the_report_escapes_every_field(tmp_path):
     from pipeline.report import build_html
 
