@@ -116,3 +116,19 @@ def test_submitted_jobs_give_their_workers_the_pipelines_malloc_settings():
     rayjob = yaml.safe_load((INFRA / "kuberay" / "rayjob.yaml").read_text())
     for env in (runtime_env, yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])):
         assert env["env_vars"]["GLIBC_TUNABLES"] == MALLOC_TUNABLES
+
+
+def test_the_compose_stack_takes_its_secrets_from_files_and_gives_mlflow_what_it_needs():
+    text = (INFRA / "mlflow" / "docker-compose.yaml").read_text()
+    compose = yaml.safe_load(text)
+    services = compose["services"]
+    for name, service in services.items():  # no password in an environment value or a command line
+        for key, value in (service.get("environment") or {}).items():
+            assert "PASSWORD" not in key or key.endswith("_FILE"), (name, key)
+        assert "${" not in str(service.get("command", "")), name
+    assert set(compose["secrets"]) >= {"postgres_password", "minio_root_password", "minio_mlflow_password"}
+    assert "MINIO_ROOT" not in str(services["mlflow"]) and services["mlflow"]["environment"]["AWS_ACCESS_KEY_ID"] == "mlflow"
+    assert "mc mb --ignore-existing local/mlflow-artifacts" in str(services["minio-init"]["command"])
+    dockerfile = (INFRA / "mlflow" / services["mlflow"]["build"]["dockerfile"]).read_text()
+    assert "psycopg2" in dockerfile and "boto3" in dockerfile
+    assert "--app-name basic-auth" in str(services["mlflow"]["command"])
