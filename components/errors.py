@@ -8,3 +8,36 @@ class UserError(Exception):
 class RunFailed(Exception):
     """Work that ran and could not produce a result (every trial of a campaign failed, say). Not bad input:
     the CLI shows the message as one line and exits with status 1."""
+
+
+DISK_FULL = {28: "no space left on device", 122: "disk quota exceeded", 27: "file too large for this file system"}
+
+
+def environment_failure(err: BaseException) -> RunFailed | None:
+    """A RunFailed with one line for a failure of the machine or a service rather than of the work (the
+    tracking or storage server unreachable, a full disk), or None for anything else."""
+    from components.tracking_outage import is_unreachable
+
+    if isinstance(err, OSError) and err.errno in DISK_FULL:
+        where = f" writing {err.filename}" if err.filename else ""
+        return RunFailed(f"{DISK_FULL[err.errno]}{where}: free space there and rerun the same command (published "
+                         "outputs are intact; training resumes from its last checkpoint)")
+    if isinstance(err, OSError) and err.errno is None and "AWS Error NETWORK_CONNECTION" in str(err):
+        return RunFailed(f"the storage server did not answer ({_first_line(err)}); once it is back, rerun the same "
+                         "command: an output counts only once its marker is written, so nothing half-uploaded is "
+                         "reused")
+    if is_unreachable(err):
+        import os
+
+        from components.storage import redact
+
+        uri = redact(os.environ.get("MLFLOW_TRACKING_URI", "the tracking server"))
+        return RunFailed(f"the MLflow tracking server {uri} did not answer ({redact(_first_line(err))}); start it and "
+                         "rerun the same command: finished stages are cached and training resumes from its "
+                         "last checkpoint (tracking.patience_s sets how long to wait)")
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:200]

@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from components.errors import RunFailed, UserError
+from components.errors import RunFailed, UserError, environment_failure
 from components.storage import redact
 from pipeline import signals
 from pipeline.ray_edge import keep_ray_on_loopback
@@ -323,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"failed: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # a full disk or an unreachable tracking server: one line, not a traceback
+        failure = environment_failure(err)
+        if failure is None or args.debug:
+            raise
+        print(f"failed: {failure}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         status = signals.exit_status()

@@ -25,6 +25,10 @@ class TrackingConfig(Section):
     uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI.")
     experiment: str = Field("ganpipe", description="MLflow experiment name.")
     artifact_root: str = Field("mlartifacts", description="Artifact folder or URI for a new experiment.")
+    patience_s: float = Field(
+        300.0, ge=0, le=1080, description="How long MLflow calls wait for a tracking server that does not answer "
+                                          "before the stage fails (at most MLflow's 10 retries, 2 minutes apart). "
+                                          "Training buffers its metrics meanwhile and waits this long at its end.")
 
 
 class RayConfig(Section):

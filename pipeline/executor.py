@@ -19,12 +19,12 @@ from pathlib import Path
 
 import mlflow
 
-from components.errors import RunFailed, UserError
+from components.errors import RunFailed, UserError, environment_failure
 from components.storage import is_remote, localize
 from pipeline.config import PipelineConfig, dump_config, flat_params
 from pipeline.fingerprint import directory_digest
 from pipeline.outputs import file_listing, publish
-from pipeline.tracking import killed_on_interrupt
+from pipeline.tracking import active_run
 from pipeline.stages.context import StageContext
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def execute_stage(job: StageJob) -> dict:
     try:
         mlflow.set_tracking_uri(job.tracking_uri)
         inputs = {u: localize(uri) for u, uri in job.input_uris.items()}
-        with mlflow.start_run(run_id=job.run_id, nested=True), killed_on_interrupt():
+        with active_run(run_id=job.run_id, nested=True):
             mlflow.set_tags({"stage": job.stage, "executor_host": socket.gethostname(),
                              "executor_pid": str(os.getpid()), **job.lineage})
             mlflow.log_params(flat_params(sections_of(job.cfg, stage)))
@@ -135,4 +135,7 @@ def submit_stage(job: StageJob, as_ray_task: bool) -> dict:
     except RayTaskError as err:
         if isinstance(err.cause, (UserError, RunFailed)):  # one line for the user, not the remote traceback
             raise err.cause from None
+        failure = environment_failure(err.cause)
+        if failure is not None:
+            raise failure from None
         raise

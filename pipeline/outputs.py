@@ -97,10 +97,15 @@ def recover_aside(final: Path) -> bool:
     return False
 
 
+def write_marker(file, record: dict) -> None:
+    """Write a marker record to `file`: a local Path or a storage Location."""
+    file.write_text(json.dumps(record, indent=2))
+
+
 def publish_local(out: Path, final: Path, record: dict) -> None:
     """Move `out` to `final` with its marker: the old output is renamed aside (not deleted) first, so a kill
     between the two renames leaves it for `recover_aside`; it is deleted only once the new one is in."""
-    (out / MARKER).write_text(json.dumps(record, indent=2))
+    write_marker(out / MARKER, record)
     aside = final.parent / f"{ASIDE}{final.name}-{os.getpid()}"
     if final.exists():
         os.replace(final, aside)
@@ -112,12 +117,15 @@ def publish_local(out: Path, final: Path, record: dict) -> None:
 
 
 def _between_renames() -> None:
-    """Test hook: GANPIPE_TEST_PUBLISH_PAUSE_S holds a publish between its two renames, so a test can kill it
-    there."""
+    """Test hook: GANPIPE_TEST_PUBLISH_PAUSE_S holds a publish between its two renames for that many seconds,
+    or until the file GANPIPE_TEST_PUBLISH_RESUME_FILE exists, so a test can act there."""
     pause = float(os.environ.get("GANPIPE_TEST_PUBLISH_PAUSE_S", "0") or 0)
     if pause:
         print("publish: between renames", flush=True)
-        time.sleep(pause)
+        resume = os.environ.get("GANPIPE_TEST_PUBLISH_RESUME_FILE")
+        deadline = time.monotonic() + pause
+        while time.monotonic() < deadline and not (resume and os.path.exists(resume)):
+            time.sleep(0.1)
 
 
 def publish(out: Path, final_uri: str, record: dict) -> None:
@@ -128,7 +136,7 @@ def publish(out: Path, final_uri: str, record: dict) -> None:
     loc = Location(final_uri)
     loc.child(MARKER).delete_file()  # first: from here until the new marker, the location is not cached
     loc.upload(out)
-    loc.child(MARKER).write_text(json.dumps(record, indent=2))
+    write_marker(loc.child(MARKER), record)
 
 
 @contextlib.contextmanager

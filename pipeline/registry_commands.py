@@ -16,7 +16,8 @@ def _client(cfg):
 
     from pipeline.tracking import setup_tracking
 
-    uri, _ = setup_tracking(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
+    uri, _ = setup_tracking(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root,
+                            cfg.tracking.patience_s)
     return MlflowClient(uri)
 
 

@@ -10,6 +10,7 @@ import mlflow
 
 from components.errors import UserError
 from components.storage import Location, is_remote, join, listing_fingerprint, local_cache_root, localize, redact
+from components.tracking_outage import is_unreachable
 from pipeline.config import PipelineConfig, dump_config, flat_params
 from pipeline.dag import STAGE_BY_NAME, STAGES, Stage
 from pipeline.executor import StageJob, sections_of, submit_stage
@@ -17,7 +18,7 @@ from pipeline.fingerprint import code_digest, git_commit, source_digest, stage_f
 from pipeline.ray_edge import ensure_ray
 from pipeline.report import build_html
 from pipeline.outputs import output_problem, read_marker, recover_aside, remove_stale_scratch, stage_lock
-from pipeline.tracking import end_if_running, killed_on_interrupt, owner_tags, reap_orphaned_runs, setup_tracking
+from pipeline.tracking import active_run, end_if_running, owner_tags, reap_orphaned_runs, setup_tracking
 
 def store_root(cfg: PipelineConfig) -> str:
     """Root of stage outputs: the storage URI, or work_dir on this machine's (or a shared) disk."""
@@ -57,10 +58,15 @@ def cache_problem(uri: str, record: dict, client, full: bool = False) -> str | N
     if problem or client is None:
         return problem
     try:
-        if client.get_run(record["run_id"]).info.lifecycle_stage != "active":
-            return f"its MLflow run {record['run_id'][:12]} is deleted"
-    except mlflow.exceptions.MlflowException:
+        run = client.get_run(record["run_id"])
+    except mlflow.exceptions.MlflowException as err:
+        if is_unreachable(err):
+            raise
         return f"its MLflow run {record['run_id'][:12]} is not in this tracking store"
+    if run.info.lifecycle_stage != "active":
+        return f"its MLflow run {record['run_id'][:12]} is deleted"
+    if run.info.status != "FINISHED":  # published, but the tracking server was lost before the run could end
+        return f"its MLflow run {record['run_id'][:12]} ended {run.info.status}, not FINISHED"
     model_id = record.get("outputs", {}).get("model_id")
     if model_id:
         try:
@@ -137,14 +143,17 @@ def _run_stage(job_fields: dict, stage: Stage, as_task: bool) -> dict:
     run = client.create_run(client.get_run(parent).info.experiment_id, run_name=stage.name,
                             tags={"mlflow.parentRunId": parent, **owner_tags()})
     job = StageJob(stage=stage.name, run_id=run.info.run_id, **job_fields)
-    interrupted = False
+    interrupted = failing = False
     try:
         return submit_stage(job, as_task)
     except KeyboardInterrupt:
-        interrupted = True
+        interrupted = failing = True
+        raise
+    except BaseException:
+        failing = True
         raise
     finally:  # the executor ends the run; this catches what ended before it started it (or in a lost task)
-        end_if_running(client, run.info.run_id, interrupted)
+        end_if_running(client, run.info.run_id, interrupted, failing)
 
 
 def _cached_record(final: str, stage: Stage, client, verify: bool, i: int) -> tuple[dict | None, bool]:
@@ -179,7 +188,8 @@ def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), only: str |
     as_tasks = runs_stages_as_tasks(cfg)
     # A stage task on another node has no view of this disk: it keeps caches and scratch on its own.
     stage_work = str(local_cache_root() / "work" / cfg.name) if as_tasks and is_remote(root) else str(work)
-    tracking_uri, experiment_id = setup_tracking(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
+    tracking_uri, experiment_id = setup_tracking(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root,
+                                                 cfg.tracking.patience_s)
     client = mlflow.MlflowClient()
     reaped = reap_orphaned_runs(client, experiment_id)
     if reaped:
@@ -188,7 +198,7 @@ def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), only: str |
     records: dict[str, dict] = {}
     work.mkdir(parents=True, exist_ok=True)
     try:
-        with mlflow.start_run(run_name=f"{cfg.name}-pipeline") as parent, killed_on_interrupt():
+        with active_run(run_name=f"{cfg.name}-pipeline") as parent:
             owner = f"pid {os.getpid()} on {socket.gethostname()} (pipeline run {parent.info.run_id[:12]})"
             mlflow.set_tags({"code_version": code, "git_commit": git_commit() or "none", "pipeline": cfg.name,
                              "storage": redact(root), "stage_executor": "ray-task" if as_tasks else "driver",
@@ -204,7 +214,7 @@ def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), only: str |
                     # A rejected cache reruns from scratch: Ray's saved state for it belongs to the rejected run.
                     record, rejected = _cached_record(final, stage, client, verify, i) if stage.name not in force \
                         else (None, False)
-                    if only is not None and stage.name != only and record is None:
+                    if only is not None and stage.name != only and record is None and not rejected:
                         raise UserError(f"--only {only}: upstream stage '{stage.name}' has no cached outputs for "
                                         "this config; run the pipeline without --only first")
                     if record is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow
 
 from components.errors import UserError
+from components.tracking_outage import http_retry_env, is_unreachable
 
 
 def absolute_tracking_uri(uri: str) -> str:
@@ -31,9 +32,12 @@ def artifact_location(root: str, tracking_uri: str) -> str | None:
     return None if tracking_uri.startswith(("http://", "https://")) else Path(root).resolve().as_uri()
 
 
-def setup_tracking(uri: str, experiment: str, artifact_root: str) -> tuple[str, str]:
-    """Point MLflow at `uri`, create the experiment if needed; returns (absolute uri, experiment id)."""
+def setup_tracking(uri: str, experiment: str, artifact_root: str, patience_s: float = 300.0) -> tuple[str, str]:
+    """Point MLflow at `uri`, create the experiment if needed; returns (absolute uri, experiment id). MLflow
+    calls from here on, and from Ray workers started later, wait up to `patience_s` for a server that does
+    not answer."""
     uri = absolute_tracking_uri(uri)
+    os.environ.update(http_retry_env(patience_s))
     for noisy in ("mlflow.store.db.utils", "alembic", "mlflow.tracking.fluent"):  # schema-migration chatter
         logging.getLogger(noisy).setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
@@ -91,20 +95,55 @@ def _store_setup_lock(uri: str):
 
 
 @contextlib.contextmanager
-def killed_on_interrupt():
-    """Inside `with mlflow.start_run(...)`: Ctrl+C or SIGTERM end the active run KILLED (MLflow itself would
-    say FAILED, which is for errors)."""
+def active_run(**start_run_args):
+    """`mlflow.start_run(...)` as a context that ends the run FINISHED on success, KILLED on Ctrl+C or SIGTERM
+    (MLflow itself would say FAILED, which is for errors) and FAILED on an error. Ending a failed run never
+    replaces the error that failed it: if the tracking server is unreachable by then, the run stays RUNNING
+    until the next run against the store marks it KILLED (reap_orphaned_runs)."""
+    run = mlflow.start_run(**start_run_args)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        _end_quietly("KILLED")
+        raise
+    except BaseException:
+        _end_quietly("FAILED")
+        raise
+    mlflow.end_run()
+
+
+def _end_quietly(status: str) -> None:
+    with quick_tracking_calls(), contextlib.suppress(Exception):
+        mlflow.end_run(status)  # MLflow takes the run off its stack before it calls the server
+
+
+@contextlib.contextmanager
+def quick_tracking_calls():
+    """MLflow calls inside fail after one short attempt (a few seconds) rather than the tracking patience: for
+    bookkeeping on the way out of an error, which must not delay or replace that error."""
+    quick = http_retry_env(0)
+    saved = {k: os.environ.get(k) for k in quick}
+    os.environ.update({**quick, "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
     try:
         yield
-    except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
-        raise
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
-def end_if_running(client, run_id: str, interrupted: bool) -> None:
-    """End a run this process opened and nobody closed: KILLED if the process was interrupted, else FAILED."""
-    if client.get_run(run_id).info.status == "RUNNING":
-        client.set_terminated(run_id, "KILLED" if interrupted else "FAILED")
+def end_if_running(client, run_id: str, interrupted: bool, failing: bool = False) -> None:
+    """End a run this process opened and nobody closed: KILLED if the process was interrupted, else FAILED.
+    While an error is on its way out (`failing`), an unreachable server is left to the next run's reaper."""
+    with quick_tracking_calls() if failing else contextlib.nullcontext():
+        try:
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_terminated(run_id, "KILLED" if interrupted else "FAILED")
+        except Exception as err:
+            if not (failing and is_unreachable(err)):
+                raise
 
 
 def owner_tags() -> dict[str, str]:

@@ -14,6 +14,7 @@ os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", 
 for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
     os.environ.pop(_var, None)
 
+import contextlib  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
@@ -75,23 +76,67 @@ def wait_for_http(url: str, seconds: float, why_not) -> None:
     pytest.fail(why_not())
 
 
+class MlflowServer:
+    """An MLflow tracking server on 127.0.0.1 started by infra/mlflow/start.sh (SQLite backend in `root`); it
+    can be stopped and started again on the same port and store, as an outage would."""
+
+    def __init__(self, root: Path, extra: tuple[str, ...] = ("--no-auth",), env: dict | None = None):
+        self.root, self.extra, self.env = root, extra, env or {}
+        self.port, self.pid = free_port(), None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "MlflowServer":
+        env = {**os.environ, "MLFLOW": str(REPO / ".venv" / "bin" / "mlflow"),
+               "MLFLOW_LOG": str(self.root / "mlflow.log"), **self.env}
+        self.pid = int(subprocess.run(
+            [str(REPO / "infra" / "mlflow" / "start.sh"), "--port", str(self.port), "--backend",
+             f"sqlite:///{self.root / 'server.db'}", "--artifacts", str(self.root / "server-art"), *self.extra],
+            env=env, capture_output=True, text=True, check=True, cwd=self.root).stdout.strip())
+        wait_for_http(f"{self.uri}/health", 120, lambda: "MLflow server did not start: "
+                      + (self.root / "mlflow.log").read_text()[-500:])
+        return self
+
+    def stop(self) -> None:
+        """SIGKILL the server and every process under it (uvicorn's workers hold the port), as a crash
+        would, and wait until the port refuses connections."""
+        if self.pid is None:
+            return
+        for pid in [self.pid, *descendants(self.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        self.pid = None
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                time.sleep(0.2)
+            except OSError:
+                return
+        pytest.fail(f"the MLflow server on port {self.port} still answers after it was killed")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, children first."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.split()
+    children: dict[int, list[int]] = {}
+    for child, parent in zip(map(int, out[::2]), map(int, out[1::2])):
+        children.setdefault(parent, []).append(child)
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        p = todo.pop(0)
+        found.append(p)
+        todo += children.get(p, [])
+    return found
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
-    """An MLflow tracking server on 127.0.0.1 started by infra/mlflow/start.sh (SQLite backend in tmp)."""
-    port = free_port()
-    env = {**os.environ, "MLFLOW": str(REPO / ".venv" / "bin" / "mlflow"), "MLFLOW_LOG": str(tmp_path / "mlflow.log")}
-    pid = int(subprocess.run([str(REPO / "infra" / "mlflow" / "start.sh"), "--port", str(port), "--backend",
-                              f"sqlite:///{tmp_path / 'server.db'}", "--artifacts", str(tmp_path / "server-art"),
-                              "--no-auth"],
-                             env=env, capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip())
-    uri = f"http://127.0.0.1:{port}"
+    """A tracking server's URI (see MlflowServer), stopped after the test."""
+    server = MlflowServer(tmp_path)
     try:
-        wait_for_http(f"{uri}/health", 120, lambda: "MLflow server did not start: "
-                      + (tmp_path / "mlflow.log").read_text()[-500:])
-        yield uri
+        yield server.start().uri
     finally:
-        subprocess.run(["pkill", "-TERM", "-P", str(pid)], check=False)
-        os.kill(pid, 15)
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Injected faults the pipeline survives: a training worker SIGKILLed mid-run, one killed more often than
-train.max_failures allows, and the driver SIGKILLed mid-training. Each checks the exit status, that no MLflow run is left RUNNING, that no marker
-stands without its outputs, and that the metric history has one row per step."""
+train.max_failures allows, the driver SIGKILLed mid-training, and the tracking server stopped mid-training and
+at publish time. Each checks the exit status, that no MLflow run is left RUNNING, that no marker stands without
+its outputs, and that the metric history has one row per step."""
 from __future__ import annotations
 
 import os
@@ -8,13 +9,14 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.outputs import output_problem, read_marker
-from tests.conftest import REPO, smoke_overrides
+from tests.conftest import REPO, MlflowServer, smoke_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +51,8 @@ def _run_killing_a_worker(tmp: Path, *sets: str, kill_at: tuple[int, ...] = (),
     return proc.returncode, "".join(seen)
 
 
-def _check_nothing_left_half_done(tmp: Path) -> MlflowClient:
-    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+def _check_nothing_left_half_done(tmp: Path, tracking_uri: str | None = None) -> MlflowClient:
+    client = MlflowClient(tracking_uri or f"sqlite:///{tmp / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert "RUNNING" not in {r.info.status for r in runs}
     for marker in (tmp / "outputs" / "stages").glob("*/*/_stage.json"):
@@ -89,3 +91,62 @@ def test_killed_workers_restart_then_fail_past_max_failures_and_reruns_resume_ev
     again = [int(n) for n in re.findall(r"resuming from the checkpoint at step (\d+)", out)]
     assert again and again[0] >= 160, out[-3000:]
     _check_nothing_left_half_done(tmp_path)
+
+
+def _run_watching(tmp: Path, server: MlflowServer, *args: str, stop_at: str | None = None,
+                  outage_s: float = 0.0, env: dict | None = None) -> tuple[int, str]:
+    """`pipeline run` tracking to `server`; when a line matches `stop_at`, stop the server for `outage_s`
+    seconds (then start it again), or for good if 0, then create GANPIPE_TEST_PUBLISH_RESUME_FILE if `env`
+    names one. Returns (exit status, output)."""
+    sets = [*smoke_overrides(tmp), f"tracking.uri={server.uri}", *TRAINING]
+    cli = [sys.executable, "-m", "pipeline", "run", "--config", "configs/smoke.yaml", *args,
+           *[x for s in sets for x in ("--set", s)]]
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+    proc = subprocess.Popen(cli, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen, restart = [], None
+    for line in proc.stdout:
+        seen.append(line)
+        if stop_at and re.search(stop_at, line):
+            stop_at = None
+            server.stop()
+            if outage_s:
+                restart = threading.Timer(outage_s, server.start)
+                restart.start()
+            if "GANPIPE_TEST_PUBLISH_RESUME_FILE" in env:
+                Path(env["GANPIPE_TEST_PUBLISH_RESUME_FILE"]).touch()
+    proc.wait(timeout=600)
+    if restart is not None:
+        restart.join()
+    assert stop_at is None, "".join(seen[-40:])
+    return proc.returncode, "".join(seen)
+
+
+def test_the_tracking_server_stopped_at_publish_time_then_for_30s_mid_training(tmp_path):
+    server = MlflowServer(tmp_path).start()
+    try:
+        # Stopped for good while prepare's outputs are published: one line and exit 1 after tracking.patience_s.
+        code, out = _run_watching(tmp_path, server, "--only", "prepare", "--set", "tracking.patience_s=5",
+                                  stop_at="publish: between renames",
+                                  env={"GANPIPE_TEST_PUBLISH_PAUSE_S": "300",
+                                       "GANPIPE_TEST_PUBLISH_RESUME_FILE": str(tmp_path / "resume")})
+        last = out.strip().splitlines()[-1]
+        assert code == 1 and last.startswith(f"failed: the MLflow tracking server {server.uri} did not answer"), \
+            out[-3000:]
+        assert "Traceback" not in out
+
+        # Back, then stopped for 30 s from step 100 of 400: prepare's output is not trusted (its run never
+        # ended FINISHED) and runs again; training goes on, buffers its metrics, and writes each row once.
+        server.start()
+        code, out = _run_watching(tmp_path, server, "--only", "train", stop_at=r"train step (1\d\d|[2-9]\d\d)/",
+                                  outage_s=30)
+        assert code == 0, out[-3000:]
+        assert "marked 2 run(s) KILLED" in out and "ended KILLED, not FINISHED; rerunning it afresh" in out, out[:3000]
+        assert "tracking server unreachable" in out and "tracking server back after" in out, out[-3000:]
+        client = _check_nothing_left_half_done(tmp_path, server.uri)
+        train = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                   "attributes.run_name = 'train'")
+        assert [r.info.status for r in train] == ["FINISHED"]
+        assert _d_loss_steps(client, train[0].info.run_id) == list(range(10, 401, 10))
+        assert train[0].data.metrics["tracking_rows_delayed"] > 0
+    finally:
+        server.stop()

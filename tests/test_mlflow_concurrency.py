@@ -20,6 +20,7 @@ run = MlflowClient(uri).create_run(exp, run_name=f"writer-{i}")
 log = MlflowRunLogger(uri, run.info.run_id)
 for b in range(%d):
     log.log_metrics({f"m{k}": float(b * k) for k in range(%d)}, step=b)
+log.finish()
 print(run.info.run_id)
 """ % (BATCHES, PER_BATCH)
 

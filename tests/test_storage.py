@@ -152,3 +152,51 @@ def test_prepare_reads_an_image_folder_from_a_storage_uri_and_reruns_when_it_cha
     storage.Location(storage.join(uri, "class_01", "extra.png")).upload_file(folder / "class_00" / "0000.png")
     after = prepare()
     assert after["run"] != first["run"] and after["manifest"]["num_images"] == 22
+
+
+def test_the_s3_server_stopped_mid_upload_fails_in_one_line_and_a_rerun_publishes_whole(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """An in-process S3 server (moto) is stopped after a publish has uploaded its first file, and started
+    again on the same port with its state: the partial upload stays, without a marker, and is not reused."""
+    import mlflow
+    import pyarrow.fs as pafs
+
+    from pipeline.cli import main
+    from pipeline.outputs import MARKER, output_problem, read_marker
+    from tests.conftest import free_port, smoke_overrides
+
+    ThreadedMotoServer = pytest.importorskip("moto.server").ThreadedMotoServer
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    root = s3_uri(f"127.0.0.1:{port}", "outage-test/store")
+    argv = ["run", "--config", str(REPO / "configs" / "smoke.yaml"), "--only", "prepare",
+            *[x for s in [*smoke_overrides(tmp_path), f"storage.uri={root}"] for x in ("--set", s)]]
+    copy_files = pafs.copy_files
+
+    def stop_after_the_first_file(source, destination, **kwargs):
+        first = sorted(p for p in Path(source).rglob("*") if p.is_file())[0]
+        copy_files(str(first), f"{destination}/{first.relative_to(source).as_posix()}", **kwargs)
+        server.stop()
+        copy_files(source, destination, **kwargs)
+
+    try:
+        monkeypatch.setattr(pafs, "copy_files", stop_after_the_first_file)
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("failed: the storage server did not answer"), err
+        monkeypatch.setattr(pafs, "copy_files", copy_files)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        fs, stages = storage.Location(storage.join(root, "stages", "prepare")).fs_and_path()
+        (prepare,) = fs.get_file_info(pafs.FileSelector(stages))
+        uploaded = storage.Location(storage.join(root, "stages", "prepare", prepare.base_name))
+        assert uploaded.exists() and not uploaded.child(MARKER).exists()  # half an output, and no marker
+
+        assert main(argv) == 0
+        assert output_problem(uploaded.uri, read_marker(uploaded.uri), full=True) is None
+        client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()], order_by=["start_time"])
+        assert [r.info.status for r in runs if r.info.run_name == "prepare"] == ["FAILED", "FINISHED"]
+    finally:
+        server.stop()

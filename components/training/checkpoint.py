@@ -4,6 +4,7 @@ A checkpoint never needs arbitrary pickles, so a file that contains one is refus
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -61,8 +62,13 @@ def save_checkpoint(state: GanState, directory: str | Path, resolved_config: dic
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
     os.close(fd)
-    torch.save(state_to_dict(state, resolved_config, loss, rank_rngs), tmp)
-    os.replace(tmp, directory / CHECKPOINT_FILE)
+    try:
+        torch.save(state_to_dict(state, resolved_config, loss, rank_rngs), tmp)
+        os.replace(tmp, directory / CHECKPOINT_FILE)
+    except BaseException:  # a full disk, say: the previous checkpoint stays, and no partial file with it
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return directory / CHECKPOINT_FILE
 
 

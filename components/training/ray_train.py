@@ -27,7 +27,8 @@ class RayTrainSession:
         self.config, self.cfg, self.rank, self.world = config, config.train, rank, world
         self.nodes = worker_node_ids(world)  # gathered up front: every rank must join the collective
         target = config.mlflow
-        self.logger = MlflowRunLogger(target.tracking_uri, target.run_id) if rank == 0 and target else None
+        self.logger = MlflowRunLogger(target.tracking_uri, target.run_id, patience_s=target.patience_s) \
+            if rank == 0 and target else None
         self.z_fixed = torch.randn(8, config.model.z_dim, generator=torch.Generator().manual_seed(1234)).to(device)
 
     def restore(self, state, loss) -> bool:
@@ -58,6 +59,8 @@ class RayTrainSession:
 
     def _log(self, st, metrics: dict, final: bool) -> None:
         self.logger.log_metrics(metrics, st.step)
+        if final:  # what follows needs the server: wait for it, and write what was buffered meanwhile
+            self.logger.finish()
         if final or st.step % self.cfg.sample_grid_every == 0:
             self.logger.log_png(class_sample_grid(st.G_ema, st.num_classes, self.z_fixed),
                                 f"samples/step_{st.step:06d}.png")

@@ -23,6 +23,8 @@ class MlflowTarget(Section):
 
     tracking_uri: str = Field(description="Tracking URI of the run.")
     run_id: str = Field(description="The run's id.")
+    patience_s: float = Field(300.0, ge=0, description="How long the end of training waits for an unreachable "
+                                                        "tracking server; metrics are buffered meanwhile.")
 
 
 class WorkerConfig(Section):

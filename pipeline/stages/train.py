@@ -24,7 +24,8 @@ from pipeline.stages.context import StageContext
 
 def worker_config(ctx: StageContext, data_uri: Path | str, train_overrides: dict | None = None) -> WorkerConfig:
     """build_worker_config for a stage run: rank 0 logs into the stage's MLflow run."""
-    return build_worker_config(ctx.cfg, data_uri, MlflowTarget(tracking_uri=ctx.tracking_uri, run_id=ctx.run_id),
+    return build_worker_config(ctx.cfg, data_uri, MlflowTarget(tracking_uri=ctx.tracking_uri, run_id=ctx.run_id,
+                                                                  patience_s=ctx.cfg.tracking.patience_s),
                                train_overrides)
 
 
