@@ -38,6 +38,12 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray; null means all cores.")
     stage_tasks: Literal["auto", "always", "never"] = Field(
         "auto", description="Run each stage as a Ray task: auto does so when joining a cluster (address set).")
+    stage_task_retries: int = Field(
+        1, ge=0, description="How often Ray reruns a stage task whose worker process or node is lost; the rerun "
+                             "resumes from the stage's checkpoints.")
+    stage_task_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources a stage task needs, to keep stage drivers on "
+                                          "nodes that declare them (e.g. {stage_host: 1}).")
     local_cluster_tuning: bool = Field(
         True, description="On a local Ray this process starts: its processes under Linux SCHED_BATCH, fewer "
                           "background polls, and Ray Train runs without helper actors they do not use "

@@ -23,7 +23,7 @@ from components.errors import RunFailed, UserError, environment_failure
 from components.storage import is_remote, localize
 from pipeline.config import PipelineConfig, dump_config, flat_params
 from pipeline.fingerprint import directory_digest
-from pipeline.outputs import file_listing, publish
+from pipeline.outputs import file_listing, publish, recover_aside, remove_stale_scratch
 from pipeline.tracking import active_run
 from pipeline.stages.context import StageContext
 
@@ -59,8 +59,9 @@ def execute_stage(job: StageJob) -> dict:
         out = scratch / "out"
     else:  # local storage: build next to the final dir, then rename (atomic on one filesystem)
         final = Path(job.final_uri)
+        remove_stale_scratch(final)  # a rerun of a lost task finds what the lost attempt left (under the lock)
+        recover_aside(final)
         scratch = out = final.parent / f".tmp-{job.fingerprint[:16]}-{os.getpid()}"
-        shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     previous_cwd = current_dir()
     os.chdir(work)  # Tune resolves relative paths against the cwd, which must exist throughout
@@ -120,13 +121,17 @@ def sections_of(cfg: PipelineConfig, stage) -> dict:
 
 
 def submit_stage(job: StageJob, as_ray_task: bool) -> dict:
-    """execute_stage here, or as a Ray task (no CPU reserved: the stage only drives its own Ray workers)."""
+    """execute_stage here, or as a Ray task (no CPU reserved: the stage only drives its own Ray workers). Ray
+    reruns a task whose worker or node is lost up to `ray.stage_task_retries` times; past that the stage
+    fails in one line."""
     if not as_ray_task:
         return execute_stage(job)
     import ray
-    from ray.exceptions import RayTaskError
+    from ray.exceptions import NodeDiedError, ObjectLostError, RayTaskError, WorkerCrashedError
 
-    ref = ray.remote(num_cpus=0, max_retries=0)(execute_stage).remote(job)
+    retries = job.cfg.ray.stage_task_retries
+    ref = ray.remote(num_cpus=0, max_retries=retries, retry_exceptions=False,
+                     resources=job.cfg.ray.stage_task_resources or None)(execute_stage).remote(job)
     try:
         return ray.get(ref)
     except KeyboardInterrupt:
@@ -139,3 +144,8 @@ def submit_stage(job: StageJob, as_ray_task: bool) -> dict:
         if failure is not None:
             raise failure from None
         raise
+    except (WorkerCrashedError, NodeDiedError, ObjectLostError) as err:
+        raise RunFailed(f"{job.stage}: its Ray task was lost ({type(err).__name__}: the node or worker process "
+                        f"died) and so were its {retries} rerun(s) (ray.stage_task_retries); rerun the same "
+                        "command: finished stages are cached and training resumes from its last checkpoint") \
+            from None

@@ -1,7 +1,8 @@
-"""Beyond one machine, on loopback: a 2-node Ray cluster (token auth on), a local MLflow server, and the
-smoke pipeline submitted as a Ray job."""
+"""Beyond one machine, on loopback: a 2-node Ray cluster (token auth on), a local MLflow server, the smoke
+pipeline submitted as a Ray job, and a node lost while a stage runs on it."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ SECRET = "PLANTEDSECRET123"
 
 @pytest.fixture(scope="module")
 def two_node_cluster():
-    info = cluster.start(workers=1, cpus_per_node=1)
+    info = cluster.start(workers=1, cpus_per_node=1, worker_resources={"stage_host": 1})
     try:
         yield info
     finally:
@@ -133,3 +134,42 @@ def test_submit_a_campaign_as_a_ray_job(two_node_cluster, mlflow_server, tmp_pat
     trials = client.search_runs(experiments, f"tags.mlflow.parentRunId = '{tune_run.info.run_id}'")
     assert len(trials) == 2 and {t.info.status for t in trials} == {"FINISHED"}  # lr grid x the smoke batch
     assert not client.search_runs(experiments, "tags.stage = 'promote'")  # tune stops after the tune stage
+
+
+def test_a_node_lost_while_a_stage_runs_on_it_reruns_the_stage_on_its_replacement(two_node_cluster, tmp_path):
+    """Stage tasks need the `stage_host` resource, which only worker nodes declare. The one running prepare
+    is SIGKILLed mid-publish (held there by the test hook its node's environment sets); Ray reruns the task on
+    the node that replaces it, and the stage publishes whole."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.outputs import output_problem, read_marker
+    from tests.conftest import smoke_overrides
+
+    info, first, replacement = two_node_cluster, "127.0.0.3", "127.0.0.4"
+    cluster.kill_node(info, first)  # make way for a node that stops in publish
+    cluster.start_node(info, replacement, resources={"stage_host": 1},
+                       env={"GANPIPE_TEST_PUBLISH_PAUSE_S": "300"})
+    sets = [*smoke_overrides(tmp_path), f"ray.address={info['address']}", "ray.stage_tasks=always",
+            "ray.stage_task_resources={stage_host: 1}", "ray.stage_task_retries=1"]
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", "configs/smoke.yaml", "--only",
+                             "prepare", *[x for o in sets for x in ("--set", o)]], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen, killed = [], 0
+    for line in proc.stdout:
+        seen.append(line)
+        if not killed and "publish: between renames" in line:
+            killed = cluster.kill_node(info, replacement)
+            cluster.start_node(info, first, resources={"stage_host": 1})
+    proc.wait(timeout=600)
+    out = "".join(seen)
+    assert killed and proc.returncode == 0, out[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    (prepare,) = [r for r in runs if r.info.run_name == "prepare"]
+    assert not re.search(rf"pid={prepare.data.tags['executor_pid']}\b.*publish: between renames", out)  # a rerun
+    (final,) = (tmp_path / "outputs" / "stages" / "prepare").iterdir()
+    assert output_problem(str(final), read_marker(str(final)), full=True) is None
+    assert read_marker(str(final))["run_id"] == prepare.info.run_id

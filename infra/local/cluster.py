@@ -46,24 +46,65 @@ def _ray_cli() -> str:
     return str(Path(sys.executable).with_name("ray"))
 
 
-def start(workers: int = 1, cpus_per_node: int = 1, temp_dir: str | None = None) -> dict:
-    """Start head + `workers` worker nodes; returns addresses and the temp dir that identifies them."""
+def start(workers: int = 1, cpus_per_node: int = 1, temp_dir: str | None = None,
+          worker_resources: dict[str, float] | None = None) -> dict:
+    """Start head + `workers` worker nodes (each declaring `worker_resources`, if given); returns addresses
+    and the temp dir that identifies them."""
     temp_dir = temp_dir or tempfile.mkdtemp(prefix="ganpipe-ray-")
     port, dash = _free_port(), _free_port()
-    common = [f"--num-cpus={cpus_per_node}", "--num-gpus=0", "--disable-usage-stats"]
     head_ip = NODE_IPS[0]
     head = [_ray_cli(), "start", "--head", f"--node-ip-address={head_ip}", f"--port={port}",
-            f"--dashboard-host={LOOPBACK}", f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", *common]
+            f"--dashboard-host={LOOPBACK}", f"--dashboard-port={dash}", f"--temp-dir={temp_dir}",
+            *_node_args(cpus_per_node)]
+    info = {"address": f"{head_ip}:{port}", "dashboard": f"http://{LOOPBACK}:{dash}", "temp_dir": temp_dir,
+            "nodes": workers + 1}
     try:
-        _run([*head, *_agent_ports()])
+        _run(head)
         for ip in NODE_IPS[1:workers + 1]:
-            _run([_ray_cli(), "start", f"--address={head_ip}:{port}", f"--node-ip-address={ip}", *common,
-                  *_agent_ports()])
+            start_node(info, ip, cpus_per_node, worker_resources)
     except BaseException:
         stop(temp_dir)
         raise
-    return {"address": f"{head_ip}:{port}", "dashboard": f"http://{LOOPBACK}:{dash}", "temp_dir": temp_dir,
-            "nodes": workers + 1}
+    return info
+
+
+def start_node(info: dict, ip: str, cpus: int = 1, resources: dict[str, float] | None = None,
+               env: dict[str, str] | None = None) -> None:
+    """Join a worker node at `ip` (a 127.0.0.x address) to the cluster `info`; `env` is added to the
+    environment of its processes (and so of the tasks it runs)."""
+    extra = [f"--resources={json.dumps(resources)}"] if resources else []
+    _run([_ray_cli(), "start", f"--address={info['address']}", f"--node-ip-address={ip}",
+          *_node_args(cpus), *extra], env)
+
+
+def kill_node(info: dict, ip: str) -> int:
+    """SIGKILL every process of the worker node at `ip`, as a machine failure would; returns how many."""
+    pids = [pid for pid in own_pids(info["temp_dir"]) if _node_ip(pid) == ip]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
+
+
+def _node_ip(pid: int) -> str | None:
+    """The node address on a Ray process's command line (raylet, agents and workers all carry one)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    for i, arg in enumerate(args):
+        for flag in ("--node-ip-address", "--node_ip_address"):
+            if arg.startswith(flag + "="):
+                return arg.split("=", 1)[1]
+            if arg == flag and i + 1 < len(args):
+                return args[i + 1]
+    return None
+
+
+def _node_args(cpus: int) -> list[str]:
+    return [f"--num-cpus={cpus}", "--num-gpus=0", "--disable-usage-stats", *_agent_ports()]
 
 
 def _agent_ports() -> list[str]:
@@ -72,8 +113,8 @@ def _agent_ports() -> list[str]:
             f"--metrics-export-port={_free_port()}"]
 
 
-def _run(cmd: list[str]) -> None:
-    out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> None:
+    out = subprocess.run(cmd, env={**_env(), **(env or {})}, capture_output=True, text=True, timeout=180)
     if out.returncode:
         raise RuntimeError(f"{' '.join(cmd[:3])} failed: {out.stderr.strip().splitlines()[-1:]}")
 
