@@ -64,10 +64,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_http(url: str, seconds: float, why_not) -> None:
-    """Poll `url` until it answers; fail the test with why_not() if it does not within `seconds`."""
+def wait_for_http(url: str, seconds: float, why_not, pid: int | None = None) -> None:
+    """Poll `url` until it answers; fail the test with why_not() if it does not within `seconds`, or as soon
+    as process `pid` (the server) has exited."""
     deadline = time.time() + seconds
-    while time.time() < deadline:
+    while time.time() < deadline and (pid is None or Path(f"/proc/{pid}").exists()):
         try:
             urllib.request.urlopen(url, timeout=1)
             return
@@ -80,8 +81,10 @@ class MlflowServer:
     """An MLflow tracking server on 127.0.0.1 started by infra/mlflow/start.sh (SQLite backend in `root`); it
     can be stopped and started again on the same port and store, as an outage would."""
 
-    def __init__(self, root: Path, extra: tuple[str, ...] = ("--no-auth",), env: dict | None = None):
+    def __init__(self, root: Path, extra: tuple[str, ...] = ("--no-auth",), env: dict | None = None,
+                 backend: str | None = None):
         self.root, self.extra, self.env = root, extra, env or {}
+        self.backend = backend or f"sqlite:///{root / 'server.db'}"
         self.port, self.pid = free_port(), None
         self.uri = f"http://127.0.0.1:{self.port}"
 
@@ -89,11 +92,11 @@ class MlflowServer:
         env = {**os.environ, "MLFLOW": str(REPO / ".venv" / "bin" / "mlflow"),
                "MLFLOW_LOG": str(self.root / "mlflow.log"), **self.env}
         self.pid = int(subprocess.run(
-            [str(REPO / "infra" / "mlflow" / "start.sh"), "--port", str(self.port), "--backend",
-             f"sqlite:///{self.root / 'server.db'}", "--artifacts", str(self.root / "server-art"), *self.extra],
+            [str(REPO / "infra" / "mlflow" / "start.sh"), "--port", str(self.port), "--backend", self.backend,
+             "--artifacts", str(self.root / "server-art"), *self.extra],
             env=env, capture_output=True, text=True, check=True, cwd=self.root).stdout.strip())
         wait_for_http(f"{self.uri}/health", 120, lambda: "MLflow server did not start: "
-                      + (self.root / "mlflow.log").read_text()[-500:])
+                      + (self.root / "mlflow.log").read_text()[-500:], self.pid)
         return self
 
     def stop(self) -> None:

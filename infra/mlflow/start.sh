@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Start an MLflow tracking server on 127.0.0.1 (never on an external interface by default).
-#   infra/mlflow/start.sh [--port 5000] [--backend sqlite:///mlflow-server.db | postgresql://...]
+#   infra/mlflow/start.sh [--port 5000] [--backend sqlite:///mlflow-server.db | postgresql+psycopg2://...]
 #                          [--artifacts ./mlflow-server-artifacts | s3://bucket/prefix]
 #                          [--auth-file FILE | --no-auth]
 # Basic auth is on: the admin's credentials come from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, or
 # from --auth-file (KEY=VALUE lines with those two keys, mode 600). They reach MLflow through its
 # MLFLOW_AUTH_ADMIN_* variables, never through a file this script writes; users without a grant see nothing
 # (default_permission NO_PERMISSIONS). --no-auth is for a single-user laptop.
-# A postgresql:// backend's password belongs in ~/.pgpass or PGPASSWORD, not in the URI.
+# A PostgreSQL backend names its driver (postgresql+psycopg2://: SQLAlchemy 2.1 would pick psycopg 3 for a bare
+# postgresql://); its password belongs in ~/.pgpass or PGPASSWORD, not in the URI.
 # Prints the server PID; stop it with `kill <pid>`.
 set -euo pipefail
 HOST=127.0.0.1
