@@ -6,6 +6,9 @@ is willing to wait, into those settings.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+
 BACKOFF_MAX_S = 120.0  # urllib3's cap on one backoff sleep
 MAX_RETRIES = 10  # MLflow refuses more (_MLFLOW_HTTP_REQUEST_MAX_RETRIES_LIMIT)
 
@@ -29,6 +32,23 @@ def http_retry_env(patience_s: float) -> dict[str, str]:
     return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": f"{factor:g}",
             "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
             "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(min(30, max(5, patience_s))))}
+
+
+@contextlib.contextmanager
+def patience(seconds: float):
+    """MLflow calls inside give up on an unreachable server after about `seconds` (0: one short attempt);
+    the process's settings are back in place afterwards."""
+    values = http_retry_env(seconds)
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def is_unreachable(err: BaseException) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 
 from components.errors import UserError
-from components.tracking_outage import http_retry_env, is_unreachable
+from components.tracking_outage import http_retry_env, is_unreachable, patience
 
 
 def absolute_tracking_uri(uri: str) -> str:
@@ -113,31 +113,14 @@ def active_run(**start_run_args):
 
 
 def _end_quietly(status: str) -> None:
-    with quick_tracking_calls(), contextlib.suppress(Exception):
+    with patience(0), contextlib.suppress(Exception):
         mlflow.end_run(status)  # MLflow takes the run off its stack before it calls the server
-
-
-@contextlib.contextmanager
-def quick_tracking_calls():
-    """MLflow calls inside fail after one short attempt (a few seconds) rather than the tracking patience: for
-    bookkeeping on the way out of an error, which must not delay or replace that error."""
-    quick = http_retry_env(0)
-    saved = {k: os.environ.get(k) for k in quick}
-    os.environ.update({**quick, "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def end_if_running(client, run_id: str, interrupted: bool, failing: bool = False) -> None:
     """End a run this process opened and nobody closed: KILLED if the process was interrupted, else FAILED.
     While an error is on its way out (`failing`), an unreachable server is left to the next run's reaper."""
-    with quick_tracking_calls() if failing else contextlib.nullcontext():
+    with patience(0) if failing else contextlib.nullcontext():
         try:
             if client.get_run(run_id).info.status == "RUNNING":
                 client.set_terminated(run_id, "KILLED" if interrupted else "FAILED")

@@ -5,10 +5,9 @@ import os
 import time
 
 from components.errors import RunFailed
-from components.tracking_outage import http_retry_env, is_unreachable
+from components.tracking_outage import is_unreachable, patience
 
 BATCH_LIMIT = 1000  # metrics per log_batch request (MLflow's limit)
-FAIL_FAST = http_retry_env(0)
 
 
 class MlflowRunLogger:
@@ -118,16 +117,8 @@ class MlflowRunLogger:
     def _call(method, *args, **kwargs):
         """One MLflow request that fails at once when the server does not answer: the logger retries itself,
         between training steps, rather than stalling a step in the client's backoff."""
-        saved = {k: os.environ.get(k) for k in FAIL_FAST}
-        os.environ.update(FAIL_FAST)
-        try:
+        with patience(0):
             return method(*args, **kwargs)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     def _patiently(self, call, what: str):
         """`call()`, retried every `retry_every_s` while the server is unreachable, for up to `patience_s`."""
