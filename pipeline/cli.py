@@ -93,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="rerun STAGE and everything downstream")
     run.add_argument("--only", choices=STAGE_NAMES, metavar="STAGE",
                      help="run just STAGE (its upstream outputs must be cached)")
+    run.add_argument("--until", choices=STAGE_NAMES, metavar="STAGE",
+                     help="stop after STAGE; the stages before it run or are reused as usual")
     run.add_argument("--verify", action="store_true",
                      help="re-read cached outputs and check their content digests (file sizes are always checked)")
     run.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (listed in the log)")
@@ -215,9 +217,13 @@ def cmd_run(args) -> int:
         return 0
     from pipeline.runner import run_pipeline
 
-    summary = run_pipeline(cfg, force, args.only, verify=args.verify)
+    if args.only and args.until:
+        raise UserError("--only and --until do not go together: --only runs one stage, --until stops after one")
+    summary = run_pipeline(cfg, force, args.only, args.until, verify=args.verify)
     if args.only:
         print(f"ran only {args.only}; parent run {summary['parent_run_id']}")
+    elif args.until:
+        print(f"stopped after {args.until}; parent run {summary['parent_run_id']}")
     else:
         print_summary(summary)
     return 0
