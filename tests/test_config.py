@@ -118,6 +118,18 @@ def test_cli_usage_errors_are_one_line_with_status_2(capsys):
     assert main(["run", "--config", "configs/smoke.yaml", "--only", "evaluat"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "invalid choice: 'evaluat'" in err
+    assert main(["run", "--config", "configs/smoke.yaml", "--only", "train", "--until", "tune"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--only and --until do not go together" in err
+
+
+def test_tracking_patience_is_bounded_by_what_mlflow_can_retry():
+    from components.errors import UserError
+    from pipeline.config import load_config
+
+    assert load_config("configs/smoke.yaml", ["tracking.patience_s=600"]).tracking.patience_s == 600
+    with pytest.raises(UserError, match="patience_s"):
+        load_config("configs/smoke.yaml", ["tracking.patience_s=5000"])
 
 
 def test_a_relative_data_path_is_taken_from_where_the_command_runs(tmp_path, monkeypatch):
