@@ -5,6 +5,7 @@ import os
 import time
 
 from components.errors import RunFailed
+from components.storage import redact
 from components.tracking_outage import is_unreachable, patience
 
 BATCH_LIMIT = 1000  # metrics per log_batch request (MLflow's limit)
@@ -102,8 +103,9 @@ class MlflowRunLogger:
     def _went_down(self, err: BaseException) -> None:
         if self.down_since is None:
             self.down_since = self.clock()
-            print(f"  mlflow: tracking server unreachable ({str(err).splitlines()[0][:160]}); training goes on, "
-                  f"metrics are buffered", flush=True)
+            reason = redact(str(err).splitlines()[0][:160])
+            print(f"  mlflow: tracking server unreachable ({reason}); training goes on, metrics are buffered",
+                  flush=True)
         self.next_try = self.clock() + self.retry_every_s
 
     def _came_back(self) -> None:
