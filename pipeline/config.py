@@ -95,6 +95,9 @@ class TuneConfig(Section):
         1, ge=1, description="DDP workers per trial; >1 launches a TorchTrainer from the trial function.")
     trial_resources: dict[str, float] | None = Field(
         None, description="Resources of each trial process; default {cpu: 1}, or {cpu: 0, memory: 64 MiB} with trial_workers > 1.")
+    gpus_per_trial: float = Field(
+        0.0, ge=0.0, description="GPUs each trial holds. A fraction packs trials onto one GPU (0.25: four at a "
+                                 "time); a multi-worker trial splits it evenly across its workers.")
     coverage_per_class: int = Field(
         10, ge=0, description="Generated samples per class scored by the evaluator each report; 0 skips coverage.")
     campaign: str | None = Field(
@@ -116,6 +119,15 @@ class TuneConfig(Section):
             if section not in sections or field not in sections[section].model_fields:
                 raise ValueError(f"unknown tunable key {key!r}; use train.*, loss.* or model.* fields")
         return space
+
+    @model_validator(mode="after")
+    def _gpus_are_shareable(self) -> "TuneConfig":
+        share = self.gpus_per_trial / self.trial_workers
+        if share > 1 and share != int(share):
+            raise ValueError(f"gpus_per_trial: {self.gpus_per_trial} gives each of {self.trial_workers} trial "
+                             f"worker(s) {share:g} GPUs; Ray shares only a fraction of one GPU, so give each a "
+                             "whole number of GPUs or at most one")
+        return self
 
     @model_validator(mode="after")
     def _scheduler_fits_the_space(self) -> "TuneConfig":

@@ -49,6 +49,27 @@ def test_expected_trials_and_resources():
     assert tune_stage.trial_resources(custom) == {"cpu": 2}
 
 
+def test_gpus_per_trial_packs_one_worker_trials_and_splits_across_a_trials_workers(tmp_path):
+    from components.metrics.scoring_config import ScoringSpec
+    from components.training.trial import Campaign, trial_config
+    from pipeline.workers import build_worker_config
+
+    packed = load_config(SMOKE, ["tune.gpus_per_trial=0.25"]).tune
+    assert tune_stage.trial_resources(packed) == {"cpu": 1, "gpu": 0.25}  # four trials at a time on one GPU
+    cfg = load_config(SMOKE, ["tune.trial_workers=2", "tune.gpus_per_trial=1"])
+    assert tune_stage.trial_resources(cfg.tune) == {"cpu": 0, "memory": 64 * 2**20}  # its workers hold them
+    campaign = Campaign(steps=10, report_every=5, trial_workers=2, gpus_per_trial=1,
+                        scoring=ScoringSpec(window=5, divergence_bound=1e4))
+    train = trial_config(build_worker_config(cfg, tmp_path), {"train": {"lr_g": 1e-3}}, campaign).train
+    assert train.use_gpu and train.num_workers == 2 and train.resources_per_worker == {"CPU": 1, "GPU": 0.5}
+    cpu_only = Campaign(steps=10, report_every=5, trial_workers=2, scoring=ScoringSpec(window=5,
+                                                                                      divergence_bound=1e4))
+    assert not trial_config(build_worker_config(cfg, tmp_path), {}, cpu_only).train.use_gpu
+    with pytest.raises(UserError, match="gpus_per_trial: 1.5"):
+        load_config(SMOKE, ["tune.gpus_per_trial=1.5"])
+    assert load_config(SMOKE, ["tune.trial_workers=2", "tune.gpus_per_trial=4"]).tune.gpus_per_trial == 4
+
+
 def test_pbt_mutations_and_optuna_space():
     from ray import tune
 

@@ -21,6 +21,7 @@ class Campaign(Section):
     steps: int = Field(ge=1, description="Training steps of each trial (after the warm start).")
     report_every: int = Field(ge=1, description="Steps between a trial's reports.")
     trial_workers: int = Field(1, ge=1, description="Ray Train workers per trial; 1 trains in the trial process.")
+    gpus_per_trial: float = Field(0.0, ge=0.0, description="GPUs of each trial, split evenly across its workers.")
     scoring: ScoringSpec = Field(description="How each report is scored.")
     checkpoint_every_report: bool = Field(False, description="PBT: every report carries a checkpoint to clone.")
     warm_start_checkpoint: str | None = Field(None, description="Checkpoint URI every trial starts from.")
@@ -71,6 +72,10 @@ def trial_config(base: WorkerConfig, trial: dict[str, dict[str, Any]], campaign:
     schedule laid over it; trials log nothing to MLflow themselves."""
     schedule = {"num_workers": campaign.trial_workers, "report_every": campaign.report_every,
                 "steps": campaign.warm_start_step + campaign.steps}
+    if campaign.gpus_per_trial and campaign.trial_workers > 1:  # each worker holds its share of the GPUs
+        threads = trial.get("train", {}).get("threads_per_worker", base.train.threads_per_worker)
+        schedule |= {"use_gpu": True, "resources_per_worker": {
+            "CPU": threads, "GPU": campaign.gpus_per_trial / campaign.trial_workers}}
     sections = {**trial, "train": {**trial.get("train", {}), **schedule}}
     return base.with_overrides(sections, mlflow=None, scoring=campaign.scoring,
                                init_checkpoint=campaign.warm_start_checkpoint)
@@ -84,8 +89,15 @@ def tune_trial(trial: dict, base: WorkerConfig, campaign: Campaign) -> None:
         _distributed_trial(config, campaign)
         return
     torch.set_num_threads(1)
-    state, cfg, loss = build_worker_state(config, rank=0, world=1)
+    state, cfg, loss = build_worker_state(config, rank=0, world=1, device=trial_device())
     run_worker(config, TuneTrialSession(campaign.checkpoint_every_report), state, cfg, loss)
+
+
+def trial_device() -> torch.device:
+    """The GPU Tune gave this trial (a share of one, with a fractional tune.gpus_per_trial), else the CPU."""
+    import ray
+
+    return torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
 
 
 def _distributed_trial(config: WorkerConfig, campaign: Campaign) -> None:

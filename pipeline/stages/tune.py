@@ -96,11 +96,15 @@ def build_search_alg(tc):
 
 
 def trial_resources(tc) -> dict:
+    """What Tune reserves for each trial process: tune.trial_resources if given; else one CPU and the
+    trial's GPUs for a one-worker trial, which trains in that process."""
     if tc.trial_resources is not None:
         return {k.lower(): v for k, v in tc.trial_resources.items()}
-    # A multi-worker trial process only waits on its workers: no CPU (that would starve them), but Tune
-    # needs a non-empty bundle, so it reserves the 64 MiB it does use.
-    return {"cpu": 1} if tc.trial_workers == 1 else {"cpu": 0, "memory": 64 * 2**20}
+    if tc.trial_workers == 1:
+        return {"cpu": 1, **({"gpu": tc.gpus_per_trial} if tc.gpus_per_trial else {})}
+    # A multi-worker trial process only waits on its workers (which hold the GPUs): no CPU (that would
+    # starve them), but Tune needs a non-empty bundle, so it reserves the 64 MiB it does use.
+    return {"cpu": 0, "memory": 64 * 2**20}
 
 
 def scoring_spec(ctx: StageContext, data_dir: Path) -> ScoringSpec:
@@ -137,6 +141,7 @@ def run_campaign(ctx: StageContext, base: WorkerConfig):
     warm = ctx.input_uri("train", CHECKPOINT_FILE) if tc.warm_start else None
     warm_step = int(read_json(ctx.input("train") / "metrics.json")["steps"]) if warm else 0
     campaign = Campaign(steps=tc.steps, report_every=tc.report_every, trial_workers=tc.trial_workers,
+                        gpus_per_trial=tc.gpus_per_trial,
                         scoring=scoring_spec(ctx, ctx.input("prepare") / "data"),
                         checkpoint_every_report=tc.scheduler == "pbt",
                         warm_start_checkpoint=warm, warm_start_step=warm_step,
