@@ -1,4 +1,5 @@
-"""The distributed read path: ray.data.read_parquet, one shard per worker, shards cover the split."""
+"""The distributed read path: ray.data.read_parquet, one shard per worker, shards cover the split, and
+rebalancing still evens out the classes."""
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,3 +28,11 @@ def test_two_shards_partition_the_training_split(ray_cluster, tmp_path):
     assert parts[0].images_u8.shape[1:] == whole.images_u8.shape[1:] and parts[0].images_u8.dtype == torch.uint8
     x, y, w = BatchSampler(parts[0], 10, "resample", None, 8, seed=0, rank=0, world=2, shared=False).next_batch()
     assert x.shape == (8, 1, 32, 32) and x.min() >= -1 and x.max() <= 1 and torch.equal(w, torch.ones(8))
+
+    # Rebalancing holds on disjoint shards: each rank draws its own shard's classes evenly, so 10,000 draws
+    # (5,000 a rank) give every class 10 % of the batch, +-2 %, from data whose head is 10x its tail.
+    assert all(len(set(p.labels.tolist())) == 10 for p in parts)  # each shard holds every class
+    draws = torch.cat([BatchSampler(p, 10, "resample", None, 5000, seed=0, rank=r, world=2,
+                                    shared=False).next_batch()[1] for r, p in enumerate(parts)])
+    shares = torch.bincount(draws, minlength=10).double() / len(draws)
+    assert ((shares - 0.1).abs() <= 0.02).all(), shares.tolist()
