@@ -13,9 +13,9 @@ from components.errors import UserError
 from components.evaluation_config import EvaluateConfig
 from components.loss_config import LossConfig
 from components.metrics.scoring_config import StabilityWeights
+from components.models import ModelConfig
 from components.promotion_config import GatesConfig
 from components.storage import redact
-from components.models import ModelConfig
 from components.training.config import TrainConfig
 
 

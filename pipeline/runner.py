@@ -143,17 +143,14 @@ def _run_stage(job_fields: dict, stage: Stage, as_task: bool) -> dict:
     run = client.create_run(client.get_run(parent).info.experiment_id, run_name=stage.name,
                             tags={"mlflow.parentRunId": parent, **owner_tags()})
     job = StageJob(stage=stage.name, run_id=run.info.run_id, **job_fields)
-    interrupted = failing = False
+    failure: BaseException | None = None
     try:
         return submit_stage(job, as_task)
-    except KeyboardInterrupt:
-        interrupted = failing = True
-        raise
-    except BaseException:
-        failing = True
+    except BaseException as err:
+        failure = err
         raise
     finally:  # the executor ends the run; this catches what ended before it started it (or in a lost task)
-        end_if_running(client, run.info.run_id, interrupted, failing)
+        end_if_running(client, run.info.run_id, isinstance(failure, KeyboardInterrupt), failure is not None)
 
 
 def _cached_record(final: str, stage: Stage, client, verify: bool, i: int) -> tuple[dict | None, bool]:

@@ -152,20 +152,15 @@ def test_kuberay_pods_run_restricted(path):
 @pytest.mark.slow
 def test_the_mlflow_server_starts_with_auth_on_and_writes_no_password(tmp_path):
     import base64
-    import time
     import urllib.error
     import urllib.request
 
-    from tests.conftest import free_port
+    from tests.conftest import MlflowServer, free_port
 
-    port = free_port()
-    env = {**os.environ, "MLFLOW": str(REPO / ".venv" / "bin" / "mlflow"), "MLFLOW_LOG": str(tmp_path / "server.log"),
-           "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": SECRET, "TMPDIR": str(tmp_path / "tmp")}
+    creds = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": SECRET}
     (tmp_path / "tmp").mkdir()
-    pid = int(subprocess.run([str(REPO / "infra" / "mlflow" / "start.sh"), "--port", str(port), "--backend",
-                              f"sqlite:///{tmp_path / 'server.db'}", "--artifacts", str(tmp_path / "art")],
-                             env=env, capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip())
-    url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
+    server = MlflowServer(tmp_path, extra=(), env={**creds, "TMPDIR": str(tmp_path / "tmp")})
+    url = f"{server.uri}/api/2.0/mlflow/experiments/search?max_results=1"
 
     def status(credentials: str | None) -> int:
         request = urllib.request.Request(url)
@@ -178,23 +173,15 @@ def test_the_mlflow_server_starts_with_auth_on_and_writes_no_password(tmp_path):
             return err.code
 
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                first = status(None)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    pytest.fail("server did not start: " + (tmp_path / "server.log").read_text()[-800:])
-                time.sleep(0.5)
-        assert first == 401 and status(f"admin:{SECRET}") == 200 and status("admin:wrong") == 401
+        server.start()
+        assert status(None) == 401 and status(f"admin:{SECRET}") == 200 and status("admin:wrong") == 401
     finally:
-        subprocess.run(["pkill", "-TERM", "-P", str(pid)], check=False)
-        os.kill(pid, 15)
+        server.stop()
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".ini", "") and p.stat().st_size < 1e5]
     assert not [p for p in written if SECRET in p.read_text(errors="ignore")], written
     assert not list((tmp_path / "tmp").iterdir())  # no leftover temp file
     refused = subprocess.run([str(REPO / "infra" / "mlflow" / "start.sh"), "--port", str(free_port())],
-                             env={k: v for k, v in env.items() if not k.startswith("MLFLOW_TRACKING_")},
+                             env={**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")},
+                                  "MLFLOW": str(REPO / ".venv" / "bin" / "mlflow")},
                              capture_output=True, text=True, cwd=tmp_path)
     assert refused.returncode == 2 and "--no-auth" in refused.stderr

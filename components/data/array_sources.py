@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from components.data.sources import RawImages, _collect, _require_path
+from components.errors import UserError, first_line
 
 CIFAR_ROW = 3 * 32 * 32
 MAX_BATCH_BYTES = 1 << 30  # a genuine CIFAR batch is about 30 MB
-from components.errors import UserError
 
 
 def _parquet_files(path: Path) -> list[Path]:
@@ -29,7 +29,7 @@ def _read_parquet(file: Path):
     try:
         return pq.read_table(file)
     except (pa.ArrowException, OSError) as err:
-        raise UserError(f"{file}: not a readable Parquet file ({str(err).splitlines()[0][:120]}); "
+        raise UserError(f"{file}: not a readable Parquet file ({first_line(err, 120)}); "
                         "re-export it, or move it out of data.path") from None
 
 

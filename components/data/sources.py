@@ -5,7 +5,7 @@ images are skipped instead and listed in RawImages.skipped.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +116,7 @@ def eight_bit(img, where: str):
             raise _Corrupt(f"{where}: float pixels in [{lo:.4g}, {hi:.4g}]; expected [0, 1] or [0, 255]")
         scale = 255.0 if hi <= 1.0 else 1.0
         return Image.fromarray(np.rint(values * scale).astype(np.uint8), mode="L")
-    if mode == "P" and "transparency" in img.info or mode in ("PA", "LA", "RGBA", "La", "RGBa"):
+    if (mode == "P" and "transparency" in img.info) or mode in ("PA", "LA", "RGBA", "La", "RGBa"):
         rgba = img.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
     return img
@@ -180,8 +180,7 @@ def load_image_folder(cfg) -> RawImages:
             raise UserError(f"class folder '{folder.name}' ({folder}) has no images{listed}: add images "
                             f"({', '.join(sorted(IMAGE_SUFFIXES))}) or remove the folder")
         items += [(f, label, str(f)) for f in files]
-    raw = _collect(items, cfg, f"image folder {root}", [c.name for c in classes])
-    return RawImages(raw.images_nhwc, raw.labels, raw.class_names, raw.description, raw.skipped, raw.resized, ignored)
+    return replace(_collect(items, cfg, f"image folder {root}", [c.name for c in classes]), ignored=ignored)
 
 
 def _check_name(folder: Path) -> None:
@@ -202,4 +201,4 @@ def _inside(path: Path, real_root: Path, root: Path) -> None:
 def finish(raw: RawImages, cfg) -> RawImages:
     """Bring array sources to the configured channels and size (file sources already are)."""
     images = resize_square(convert_channels(raw.images_nhwc, cfg.channels), cfg.resolution)
-    return RawImages(images, raw.labels, raw.class_names, raw.description, raw.skipped, raw.resized, raw.ignored)
+    return replace(raw, images_nhwc=images)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 
-from components.errors import RunFailed
+from components.errors import RunFailed, first_line
 from components.storage import redact
 from components.tracking_outage import is_unreachable, patience
 
@@ -103,7 +103,7 @@ class MlflowRunLogger:
     def _went_down(self, err: BaseException) -> None:
         if self.down_since is None:
             self.down_since = self.clock()
-            reason = redact(str(err).splitlines()[0][:160])
+            reason = redact(first_line(err, 160))
             print(f"  mlflow: tracking server unreachable ({reason}); training goes on, metrics are buffered",
                   flush=True)
         self.next_try = self.clock() + self.retry_every_s
