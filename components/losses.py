@@ -74,14 +74,15 @@ class Batch:
 class GANLoss:
     """Owns every G and D forward pass of a step; returns the loss to backprop and detached statistics.
 
-    Stateful only through LeCam's logit anchors, which `state_dict` exposes for checkpoints."""
+    Stateful only through LeCam's logit anchors, which `state_dict` exposes for checkpoints. They become
+    float64 device tensors once updated, so a step never waits for the device to read them."""
 
     def __init__(self, cfg: LossConfig):
         self.cfg = cfg
-        self.anchors = {"real": 0.0, "fake": 0.0}
+        self.anchors: dict[str, float | torch.Tensor] = {"real": 0.0, "fake": 0.0}
 
     def state_dict(self) -> dict[str, float]:
-        return dict(self.anchors)
+        return {k: float(v) for k, v in self.anchors.items()}
 
     def load_state_dict(self, anchors: dict) -> None:
         self.anchors = {k: float(v) for k, v in anchors.items()}
@@ -167,8 +168,9 @@ class GANLoss:
 
     def _update_anchors(self, real_l: torch.Tensor, fake_l: torch.Tensor) -> None:
         decay = self.cfg.lecam_decay
-        self.anchors["real"] = decay * self.anchors["real"] + (1 - decay) * float(real_l.float().mean())
-        self.anchors["fake"] = decay * self.anchors["fake"] + (1 - decay) * float(fake_l.float().mean())
+        # float64, like the Python floats that checkpoints store: a resumed run continues bit for bit.
+        self.anchors["real"] = decay * self.anchors["real"] + (1 - decay) * real_l.float().mean().double()
+        self.anchors["fake"] = decay * self.anchors["fake"] + (1 - decay) * fake_l.float().mean().double()
 
     def g_loss(self, G, D, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """lambda_rec * MSE + lambda_adv * adversarial (reconstructions and samples) + lambda_kl * KL

@@ -16,7 +16,7 @@ from components.metrics.scoring_config import StabilityWeights
 from components.models import ModelConfig
 from components.promotion_config import GatesConfig
 from components.storage import redact
-from components.training.config import TrainConfig
+from components.training.config import TrainConfig, compile_conflict
 
 
 class TrackingConfig(Section):
@@ -168,6 +168,12 @@ class PipelineConfig(Section):
     tune: TuneConfig = Field(default_factory=TuneConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
+
+    @model_validator(mode="after")
+    def _compilable(self) -> "PipelineConfig":
+        if problem := compile_conflict(self.train, self.loss):
+            raise ValueError(problem)
+        return self
 
 
 def apply_override(tree: dict, assignment: str) -> None:

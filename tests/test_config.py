@@ -31,6 +31,9 @@ def test_override_sets_nested_value():
     ("trian: {steps: 3}", "trian"),
     ("train: {stepz: 3}", "train.stepz"),
     ("tune: {search_space: {train.lr_x: {type: choice, values: [1]}}}", "train.lr_x"),
+    ("train: {compile: default}\nloss: {r1_gamma: 1.0}", "train.compile: default cannot compile the double"),
+    ("train: {compile: reduce-overhead}", "train.compile: reduce-overhead records CUDA graphs"),
+    ("train: {sync: sometimes}", "train.sync"),
 ])
 def test_bad_config_names_the_dotted_key(tmp_path, text, needle):
     with pytest.raises(UserError, match=needle.replace(".", r"\.")):

@@ -166,3 +166,44 @@ def test_bf16_autocast_trains_on_cpu(data_dir):
     train_steps(state, loss, cfg, 3)
     assert all(math.isfinite(v) for v in state.trace["d_loss"])
     assert next(state.G.parameters()).dtype == torch.float32  # autocast: master weights stay fp32
+
+
+def test_reading_statistics_back_once_per_report_changes_only_when_the_host_waits(data_dir):
+    """sync=report (the GPU default) keeps a report's statistics on the device and reads them in one transfer:
+    the trace and the weights are those of per-step reads, bit for bit."""
+    per_step, cfg, loss = fresh_state(smoke_loop_config(data_dir, sync="step"))
+    train_steps(per_step, loss, cfg, 6)
+    per_report, cfg, loss = fresh_state(smoke_loop_config(data_dir, sync="report", report_every=4))
+    reports = []
+    train_steps(per_report, loss, cfg, 6, on_report=lambda s, m: reports.append(m["step"]))
+    assert reports == [4, 6]
+    assert {k: v for k, v in per_step.trace.items() if k != "step_time_s"} == \
+        {k: v for k, v in per_report.trace.items() if k != "step_time_s"}
+    assert len(per_report.trace["step_time_s"]) == 6
+    for a, b in zip(per_step.G.parameters(), per_report.G.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_with_per_report_reads_a_diverging_run_stops_at_the_end_of_its_window(data_dir):
+    state, cfg, loss = fresh_state(smoke_loop_config(data_dir, lr_d=1e6, lr_g=1e6, divergence_bound=50.0,
+                                                     sync="report", report_every=5))
+    reports = []
+    train_steps(state, loss, cfg, 200, on_report=lambda s, m: reports.append(m))
+    assert state.diverged and state.step < 200 and state.step % 5 == 0
+    assert reports[-1]["diverged"] == 1.0
+
+
+@pytest.mark.slow  # inductor compiles G and D for about 35 s on 2 cores
+def test_a_compiled_step_trains_like_the_eager_one_and_saves_the_same_checkpoint(data_dir, tmp_path):
+    eager, cfg, loss = fresh_state(smoke_loop_config(data_dir))
+    train_steps(eager, loss, cfg, 3)
+    compiled, cfg, loss = fresh_state(smoke_loop_config(data_dir, compile="default"))
+    train_steps(compiled, loss, cfg, 3)
+    for key in ("d_loss", "g_loss", "rec_loss", "grad_norm_d"):  # fused kernels round differently
+        torch.testing.assert_close(torch.tensor(compiled.trace[key]), torch.tensor(eager.trace[key]),
+                                   rtol=1e-4, atol=1e-5)
+    save_checkpoint(compiled, tmp_path, cfg.model_dump())
+    restarted, _, _ = fresh_state(smoke_loop_config(data_dir))
+    restore_state(restarted, load_checkpoint(tmp_path))  # an eager run resumes a compiled one's checkpoint
+    for a, b in zip(compiled.G.state_dict().values(), restarted.G.state_dict().values()):
+        assert torch.equal(a, b)

@@ -76,6 +76,7 @@ class BatchSampler:
         weights = torch.tensor(class_weights, dtype=torch.float32) if strategy == "reweight" else None
         self.sample_weights = weights[data.labels] if weights is not None else torch.ones(len(data.labels))
         self.generator = torch.Generator().manual_seed(seed if shared else seed * world + rank)
+        self.device = torch.device("cpu")
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, C, H, W) in [-1, 1], y (B,), w (B,)."""
@@ -85,7 +86,18 @@ class BatchSampler:
             idx = everyone[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         else:
             idx = torch.multinomial(self.probs, self.batch_size, replacement=True, generator=self.generator)
+        if self.device.type == "cuda":
+            idx = idx.pin_memory().to(self.device, non_blocking=True)
         return to_unit_range(self.data.images_u8[idx].float()), self.data.labels[idx], self.sample_weights[idx]
+
+    def to(self, device: torch.device) -> "BatchSampler":
+        """Keep the split on `device` and index it there: each batch then costs one small index copy
+        instead of a host gather and a full image copy. Indices still come from the host generator, so the
+        stream of draws is the same on every device."""
+        self.data = SplitTensors(self.data.images_u8.to(device), self.data.labels.to(device))
+        self.sample_weights = self.sample_weights.to(device)
+        self.device = device
+        return self
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -18,6 +18,13 @@ class TrainConfig(Section):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Autocast dtype of the forward passes; fp16 adds a GradScaler (saved in checkpoints).")
     channels_last: bool = Field(False, description="NHWC memory format for networks and inputs (faster convs on GPUs).")
+    sync: Literal["auto", "step", "report"] = Field(
+        "auto", description="When the host waits for the device: every step (statistics read back, batches "
+                            "copied from host memory) or once per report (batches drawn on the device, statistics "
+                            "kept there); auto is report on GPUs, step on CPUs, where reading back is free.")
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
+        "off", description="torch.compile mode for G and D; reduce-overhead adds CUDA graphs (static shapes). "
+                           "Not with R1 or the gradient penalty, whose double backward it cannot compile.")
     threads_per_worker: int = Field(1, ge=1, description="torch intra-op threads per worker.")
     resources_per_worker: dict[str, float] | None = Field(
         None, description="Ray resources per worker; default {CPU: threads_per_worker, GPU: 1 if use_gpu}.")
@@ -40,6 +47,10 @@ class TrainConfig(Section):
     divergence_bound: float = Field(1e4, gt=0.0, description="A loss above this counts as divergence.")
     seed: int = Field(0, description="Base seed; rank r uses seed * world + r.")
 
+    def syncs_every_step(self, device_type: str) -> bool:
+        """`sync` resolved for a device type: auto waits every step on CPUs, once per report elsewhere."""
+        return self.sync == "step" or (self.sync == "auto" and device_type == "cpu")
+
     @model_validator(mode="after")
     def _batch_splits_across_workers(self) -> "TrainConfig":
         if self.batch_size < self.num_workers:
@@ -49,3 +60,15 @@ class TrainConfig(Section):
         if self.backend == "nccl" and not self.use_gpu:
             raise ValueError("backend: nccl needs GPUs; set train.use_gpu: true or train.backend: gloo")
         return self
+
+
+def compile_conflict(train: TrainConfig, loss) -> str | None:
+    """Why train.compile cannot run with this loss (a one-line message with the fix), or None."""
+    if train.compile == "off":
+        return None
+    if loss.r1_gamma > 0 or loss.effective_gp_lambda > 0:
+        return (f"train.compile: {train.compile} cannot compile the double backward of R1 or the gradient "
+                "penalty; set train.compile: off, or loss.r1_gamma: 0 and loss.gp_lambda: 0")
+    if train.compile == "reduce-overhead" and not train.use_gpu:
+        return "train.compile: reduce-overhead records CUDA graphs; set train.use_gpu: true or train.compile: default"
+    return None

@@ -1,4 +1,8 @@
-"""train_steps: the schedule of D and G steps, EMA, divergence checks and reporting. No Ray, no MLflow."""
+"""train_steps: the schedule of D and G steps, EMA, divergence checks and reporting. No Ray, no MLflow.
+
+A step never waits for the device on its own account: its statistics stay device tensors until
+`train_steps` reads a window of them back in one transfer (every step on CPUs, where reading is free; once
+per report on GPUs, see TrainConfig.sync), and divergence is judged on what was read back."""
 from __future__ import annotations
 
 import contextlib
@@ -17,11 +21,11 @@ from components.training.state import GanState
 ReportFn = Callable[[GanState, dict[str, float]], None]
 
 
-def _grad_norm(module: torch.nn.Module, clip: float | None) -> float:
+def _grad_norm(module: torch.nn.Module, clip: float | None) -> torch.Tensor:
     params = [p for p in module.parameters() if p.grad is not None]
     if clip is not None:
-        return float(torch.nn.utils.clip_grad_norm_(params, clip))
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
+        return torch.nn.utils.clip_grad_norm_(params, clip)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
 
 
 @contextlib.contextmanager
@@ -44,7 +48,17 @@ def next_batch(state: GanState) -> Batch:
     z = torch.randn(n * state.world, z_dim, generator=state.noise)[mine]
     y_fake = torch.multinomial(state.label_probs, n * state.world, replacement=True, generator=state.noise)[mine]
     eps = torch.randn(n * state.world, z_dim, generator=state.noise)[mine]
-    return Batch(*(t.to(state.device, non_blocking=True) for t in (x, y, w, z, y_fake, eps)))
+    return Batch(*(to_device(t, state.device) for t in (x, y, w, z, y_fake, eps)))
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a host tensor to the device without making the host wait: a copy from pageable memory waits for
+    the stream, one from pinned memory is queued. Tensors already there pass through."""
+    if t.device == device:
+        return t
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 @torch.no_grad()
@@ -59,6 +73,14 @@ def update_ema(G_ema: torch.nn.Module, G: torch.nn.Module, decay: float) -> None
 
 def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def read_back(pending: list[dict[str, torch.Tensor]]) -> list[dict[str, float]]:
+    """Per-step device statistics as host floats, in one device-to-host transfer for the whole window."""
+    keys = [list(row) for row in pending]
+    flat = [v.detach().reshape(()).float() for row in pending for v in row.values()]
+    values = iter(torch.stack(flat).tolist()) if flat else iter(())
+    return [{k: next(values) for k in row_keys} for row_keys in keys]
 
 
 def _mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
@@ -80,8 +102,9 @@ def _autocast(state: GanState, cfg: TrainConfig):
 
 
 def _backward_and_step(loss_value: torch.Tensor, opt: torch.optim.Optimizer, module: torch.nn.Module,
-                       cfg: TrainConfig, scaler: torch.amp.GradScaler | None) -> float:
-    """Backward, (unscale,) measure or clip the gradient norm, step; returns the pre-clip norm."""
+                       cfg: TrainConfig, scaler: torch.amp.GradScaler | None) -> torch.Tensor:
+    """Backward, (unscale,) measure or clip the gradient norm, step; returns the pre-clip norm (on the
+    device). fp16's GradScaler reads its inf check back every step; bf16 needs no scaler."""
     if scaler is None:
         loss_value.backward()
         norm = _grad_norm(module, cfg.grad_clip)
@@ -101,8 +124,11 @@ def _schedule(state: GanState, loss: GANLoss, d_step: int) -> dict:
             "r1_due": d_step % lc.r1_every == 0}
 
 
-def one_step(state: GanState, loss: GANLoss, cfg: TrainConfig) -> dict[str, float]:
-    """`d_steps_per_g` D steps, then one G step on the last batch; returns this rank's scalar statistics."""
+def one_step(state: GanState, loss: GANLoss, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """`d_steps_per_g` D steps, then one G step on the last batch; returns this rank's statistics as 0-d
+    device tensors (reading them here would make the host wait for the device every step)."""
+    if cfg.compile == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()  # this step may overwrite the last one's graph outputs
     for i in range(cfg.d_steps_per_g):
         batch = next_batch(state)
         for key, value in _schedule(state, loss, state.step * cfg.d_steps_per_g + i).items():
@@ -121,8 +147,7 @@ def one_step(state: GanState, loss: GANLoss, cfg: TrainConfig) -> dict[str, floa
         state.scaler.update()
     # Ramp the EMA decay so early averages are not dominated by the random initialisation.
     update_ema(state.G_ema, state.G, min(cfg.ema_decay, (1 + state.step) / (10 + state.step)))
-    stats = {k: float(v) for k, v in {**d_stats, **g_stats}.items()}
-    return {**stats, "grad_norm_d": gn_d, "grad_norm_g": gn_g}
+    return {**d_stats, **g_stats, "grad_norm_d": gn_d, "grad_norm_g": gn_g}
 
 
 def _is_divergent(stats: dict[str, float], bound: float) -> bool:
@@ -131,20 +156,33 @@ def _is_divergent(stats: dict[str, float], bound: float) -> bool:
 
 def train_steps(state: GanState, loss: GANLoss, cfg: TrainConfig, until_step: int,
                 on_report: ReportFn | None = None) -> GanState:
-    """Run steps until `state.step == until_step` (or divergence), reporting every `cfg.report_every`."""
+    """Run steps until `state.step == until_step` (or divergence), reporting every `cfg.report_every`.
+
+    Statistics are read back every step or once per report (TrainConfig.syncs_every_step); a divergence is seen
+    when they are, so with per-report reads a diverging run stops at the end of that report's window."""
+    every_step = cfg.syncs_every_step(state.device.type)
     window: dict[str, list[float]] = {}
+    pending: list[dict[str, torch.Tensor]] = []
     t0, images = time.perf_counter(), 0
+    t_read = t0
     while state.step < until_step and not state.diverged:
-        t_step = time.perf_counter()
-        stats = one_step(state, loss, cfg)
-        stats["step_time_s"] = time.perf_counter() - t_step  # in the trace: robust (median) speed figures
+        pending.append(one_step(state, loss, cfg))
         state.step += 1
         images += cfg.batch_size
-        for k, v in stats.items():
-            state.trace.setdefault(k, []).append(v)
-            window.setdefault(k, []).append(v)
-        state.diverged = _is_divergent(stats, cfg.divergence_bound)
-        if state.step % cfg.report_every == 0 or state.step == until_step or state.diverged:
+        report_due = state.step % cfg.report_every == 0 or state.step == until_step
+        if not (every_step or report_due):
+            continue
+        rows = read_back(pending)
+        # In the trace for robust (median) speed figures; a window read at once shares its mean step time.
+        step_time = (time.perf_counter() - t_read) / len(rows)
+        pending, t_read = [], time.perf_counter()
+        for stats in rows:
+            stats["step_time_s"] = step_time
+            for k, v in stats.items():
+                state.trace.setdefault(k, []).append(v)
+                window.setdefault(k, []).append(v)
+            state.diverged = state.diverged or _is_divergent(stats, cfg.divergence_bound)
+        if report_due or state.diverged:
             # Section: reporting (all ranks join the all-reduce, then the caller's hook).
             elapsed = time.perf_counter() - t0
             means = _mean_across_ranks({k: sum(v) / len(v) for k, v in window.items()})
@@ -153,4 +191,5 @@ def train_steps(state: GanState, loss: GANLoss, cfg: TrainConfig, until_step: in
             if on_report is not None:
                 on_report(state, means)
             window, t0, images = {}, time.perf_counter(), 0
+            t_read = t0
     return state

@@ -50,18 +50,30 @@ def make_state(model_cfg: ModelConfig, cfg: TrainConfig, data: SplitTensors, num
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False).to(device)
     torch.manual_seed(seed)  # per-rank stream for reparameterisation noise
+    if cfg.compile != "off":
+        compile_networks(G, D, cfg.compile)
     G, D = wrap(G), wrap(D)
     opt_g = torch.optim.AdamW(G.parameters(), lr=cfg.lr_g, betas=cfg.betas_g, weight_decay=cfg.weight_decay)
     opt_d = torch.optim.AdamW(D.parameters(), lr=cfg.lr_d, betas=cfg.betas_d, weight_decay=cfg.weight_decay)
     per_rank = cfg.batch_size // world
     sampler = BatchSampler(data, num_classes, rebalance, class_weights, per_rank, cfg.seed, rank, world,
                            shared=shared_data)
+    if not cfg.syncs_every_step(device.type):
+        sampler.to(device)
     counts = torch.bincount(data.labels, minlength=num_classes).float()
     label_probs = torch.full((num_classes,), 1.0 / num_classes) if cfg.target_labels == "uniform" else counts / counts.sum()
     noise = torch.Generator().manual_seed(cfg.seed + 7919)  # shared: global noise batches, sliced per rank
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     return GanState(G, D, G_ema, opt_g, opt_d, sampler, noise, num_classes, label_probs, device, rank, world,
                     scaler=scaler)
+
+
+def compile_networks(G: nn.Module, D: nn.Module, mode: str) -> None:
+    """torch.compile G's and D's forwards, and G's sampling path, in place: parameter names and state dicts
+    stay those of the eager modules, so checkpoints are interchangeable between compiled and eager runs."""
+    G.compile(mode=mode)
+    D.compile(mode=mode)
+    G.generate = torch.compile(G.generate, mode=mode)
 
 
 def apply_hyperparameters(state: GanState, cfg: TrainConfig) -> None:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from components.config_base import Section
 from components.loss_config import LossConfig
 from components.metrics.scoring_config import ScoringSpec
 from components.models.config import ModelConfig
-from components.training.config import TrainConfig
+from components.training.config import TrainConfig, compile_conflict
 
 TRAINING_SECTIONS = ("model", "loss", "train")
 
@@ -45,6 +45,12 @@ class WorkerConfig(Section):
     init_checkpoint: str | None = Field(None, description="Warm start: a checkpoint URI to begin from.")
     timeline_file: str | None = Field(None, description="Benchmarks: rank 0 writes its loop's entry/exit times.")
     stamp_file: str | None = Field(None, description="Benchmarks: rank 0 appends each step's time stamps.")
+
+    @model_validator(mode="after")
+    def _compilable(self) -> "WorkerConfig":
+        if problem := compile_conflict(self.train, self.loss):
+            raise ValueError(problem)
+        return self
 
     @property
     def resolved_config(self) -> dict[str, Any]:
