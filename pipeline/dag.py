@@ -9,19 +9,24 @@ from pipeline.stages import evaluate, prepare, promote, train, tune
 
 @dataclass(frozen=True)
 class Stage:
-    """A node: its function, the upstream stages it reads, and the config sections it depends on."""
+    """A node: its function, the upstream stages it reads, the config sections it depends on, and whether a
+    config makes it use Ray (the runner starts Ray before the first stage that does)."""
 
     name: str
     fn: Callable
     inputs: tuple[str, ...]
     sections: tuple[str, ...]
-    needs_ray: bool = False
+    needs_ray: Callable[[object], bool] = lambda cfg: False
+
+
+def _always(cfg) -> bool:
+    return True
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("prepare", prepare.run, (), ("data",)),
-    Stage("train", train.run, ("prepare",), ("data", "model", "loss", "train"), needs_ray=True),
-    Stage("tune", tune.run, ("prepare", "train"), ("data", "model", "loss", "train", "tune"), needs_ray=True),
+    Stage("prepare", prepare.run, (), ("data",), needs_ray=prepare.needs_ray),
+    Stage("train", train.run, ("prepare",), ("data", "model", "loss", "train"), needs_ray=_always),
+    Stage("tune", tune.run, ("prepare", "train"), ("data", "model", "loss", "train", "tune"), needs_ray=_always),
     Stage("evaluate", evaluate.run, ("prepare", "tune"), ("evaluate",)),
     Stage("promote", promote.run, ("evaluate", "tune"), ("promote",)),
 )

@@ -221,7 +221,7 @@ def run_pipeline(cfg: PipelineConfig, force: set[str] = frozenset(), only: str |
                     else:
                         where = " as a Ray task" if as_tasks else ""
                         print(f"[{i}/{len(STAGES)}] {stage.name}: running{where} (fingerprint {fp[:12]})", flush=True)
-                        if stage.needs_ray or as_tasks:
+                        if stage.needs_ray(cfg) or as_tasks:
                             started = ensure_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.local_cluster_tuning)
                             started_ray = started or started_ray
                         lineage = {"fingerprint": fp, "code_version": codes[stage.name],

@@ -1,5 +1,6 @@
 """A user's long-tailed RGB image folder, down to the rarest class the split allows (one training image, one
-for val, one for test), through the whole smoke DAG: every stage copes, and what is undefined says so."""
+for val, one for test), through the whole smoke DAG: every stage copes, and what is undefined says so. The
+folder is prepared on Ray Data (data.streaming: always), the path a folder too large for memory takes."""
 import csv
 import json
 import math
@@ -23,12 +24,14 @@ def test_smoke_dag_on_a_folder_whose_tail_reaches_the_split_minimum(ray_cluster,
     folder = write_longtail_folder(tmp_path / "folder", COUNTS)
     cfg = load_config(REPO / "configs" / "smoke.yaml", smoke_overrides(tmp_path) + [
         "data.source=image_folder", f"data.path={folder}", "data.channels=3", "data.imbalance_ratio=1",
+        "data.streaming=always", "data.rows_per_shard=64",
         'tune.search_space={"train.lr_g": {type: grid, values: [0.0002]}}', "promote.model_name=tail-folder"])
     summary = run_pipeline(cfg)
     assert summary["model_version"] is not None
 
     stage = {name: Path(localize(uri)) for name, uri in summary["stage_uris"].items()}
     manifest = json.loads((stage["prepare"] / "data" / "manifest.json").read_text())
+    assert manifest["prepared_with"]["engine"] == "ray_data" and len(manifest["files"]["train"]) == 3
     train_counts = manifest["class_counts"]["train"]
     assert train_counts[-2:] == [1, 1] and sum(manifest["class_counts"]["val"]) >= 10
     assert (stage["prepare"] / "real_samples.png").stat().st_size > 0  # 8 slots per row, most of two blank

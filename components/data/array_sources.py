@@ -36,35 +36,14 @@ def _read_parquet(file: Path):
 def load_parquet(cfg) -> RawImages:
     """Parquet with an image column (encoded bytes, or a fixed-shape uint8 array) and an integer label column.
     Every file holds the same kind of image column."""
-    import pyarrow as pa
-
     images, labels, skipped, resized, kinds = [], [], [], 0, {}
-    for file in _parquet_files(_require_path(cfg)):
+    for file in parquet_files(cfg):
         table = _read_parquet(file)
-        missing = [c for c in (cfg.image_column, cfg.label_column) if c not in table.column_names]
-        if missing:
-            raise UserError(f"{file}: missing column(s) {missing}; it has {table.column_names}. "
-                            "Set data.image_column / data.label_column")
-        if table.num_rows == 0:
-            raise UserError(f"{file}: no rows; remove the empty file from data.path")
-        label_type = table.schema.field(cfg.label_column).type
-        if not pa.types.is_integer(label_type):
-            raise UserError(f"{file}: label column '{cfg.label_column}' has type {label_type}; labels must be "
-                            "integers (map class names to 0..C-1 first)")
-        label_col = table.column(cfg.label_column)
-        if label_col.null_count:
-            row = next(i for i, v in enumerate(label_col.to_pylist()) if v is None)
-            raise UserError(f"{file} row {row}: no label (null); every row needs an integer label")
-        col = table.column(cfg.image_column)
-        encoded = pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)
-        kind = "encoded images" if encoded else "arrays"
-        kinds.setdefault(kind, file)
-        if len(kinds) > 1:
-            other = next(f for k, f in kinds.items() if k != kind)
-            raise UserError(f"{file}: column '{cfg.image_column}' holds {kind} but {other} holds "
-                            f"{'arrays' if encoded else 'encoded images'}; use one kind of file per data set")
-        file_labels = label_col.to_numpy()
+        file_labels = check_parquet_table(file, table.schema, table.num_rows, table.column(cfg.label_column)
+                                          if cfg.label_column in table.column_names else None, cfg)
+        encoded = image_kind(file, table.schema, cfg, kinds) == "encoded images"
         if encoded:
+            col = table.column(cfg.image_column)
             raw = _collect([(b, int(y), f"{file} row {i}") for i, (b, y) in enumerate(zip(col.to_pylist(), file_labels))],
                            cfg, str(file), [])
             images.append(raw.images_nhwc)
@@ -73,26 +52,79 @@ def load_parquet(cfg) -> RawImages:
             resized += raw.resized
         else:
             images.append(_fixed_shape_rows(file, table, cfg))
-            labels.append(file_labels.astype(np.int64))
+            labels.append(file_labels)
     labels_all = np.concatenate(labels)
     names = [str(c) for c in range(int(labels_all.max()) + 1)] if len(labels_all) else []
     return RawImages(np.concatenate(images), labels_all, names, f"parquet {cfg.path}", skipped, resized)
 
 
-def _fixed_shape_rows(file: Path, table, cfg) -> np.ndarray:
-    """Rows of a list<uint8> column reshaped to (H, W, C); every row must match the declared shape."""
+def parquet_files(cfg) -> list[Path]:
+    """The Parquet files of data.path (one file, or every *.parquet in a folder), in order."""
+    return _parquet_files(_require_path(cfg))
+
+
+def check_parquet_table(file: Path, schema, num_rows: int, label_col, cfg) -> np.ndarray:
+    """Validate a file's columns, rows and labels (label_col: its label column, None if missing); returns
+    the labels as int64."""
+    import pyarrow as pa
+
+    missing = [c for c in (cfg.image_column, cfg.label_column) if c not in schema.names]
+    if missing:
+        raise UserError(f"{file}: missing column(s) {missing}; it has {schema.names}. "
+                        "Set data.image_column / data.label_column")
+    if num_rows == 0:
+        raise UserError(f"{file}: no rows; remove the empty file from data.path")
+    label_type = schema.field(cfg.label_column).type
+    if not pa.types.is_integer(label_type):
+        raise UserError(f"{file}: label column '{cfg.label_column}' has type {label_type}; labels must be "
+                        "integers (map class names to 0..C-1 first)")
+    if label_col.null_count:
+        row = next(i for i, v in enumerate(label_col.to_pylist()) if v is None)
+        raise UserError(f"{file} row {row}: no label (null); every row needs an integer label")
+    return label_col.to_numpy().astype(np.int64)
+
+
+def image_kind(file: Path, schema, cfg, kinds: dict[str, Path]) -> str:
+    """'encoded images' or 'arrays' for this file's image column; refuses a data set that mixes the two
+    (`kinds` remembers the first file of each kind seen)."""
+    import pyarrow as pa
+
+    col_type = schema.field(cfg.image_column).type
+    encoded = pa.types.is_binary(col_type) or pa.types.is_large_binary(col_type)
+    kind = "encoded images" if encoded else "arrays"
+    kinds.setdefault(kind, file)
+    if len(kinds) > 1:
+        other = next(f for k, f in kinds.items() if k != kind)
+        raise UserError(f"{file}: column '{cfg.image_column}' holds {kind} but {other} holds "
+                        f"{'arrays' if encoded else 'encoded images'}; use one kind of file per data set")
+    return kind
+
+
+def _fixed_shape_rows(file: Path, table, cfg, row_label: str = "row") -> np.ndarray:
+    """Rows of a list<uint8> column reshaped to (H, W, C); every row must match the declared shape.
+    row_label names a row in errors when `table` is one row group of the file."""
+    import pyarrow.compute as pc
+
     meta = (table.schema.metadata or {}).get(b"image_shape_hwc")
     shape = tuple(cfg.image_shape or (json.loads(meta) if meta else ()))
     if not shape:
         raise UserError(f"{file}: column '{cfg.image_column}' holds arrays of varying or unknown shape; "
                         "set data.image_shape: [H, W, C]")
     want = int(np.prod(shape))
-    rows = table.column(cfg.image_column).to_pylist()
-    for i, row in enumerate(rows):
-        if row is None or len(row) != want:
-            got = 0 if row is None else len(row)
-            raise UserError(f"{file} row {i}: image has {got} values but data.image_shape {list(shape)} needs {want}")
-    return np.asarray(rows, dtype=np.uint8).reshape(len(rows), *shape)
+    col = table.column(cfg.image_column).combine_chunks()
+    lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero((lengths != want) | np.asarray(col.is_null().to_numpy(zero_copy_only=False)))
+    if len(bad):
+        i = int(bad[0])
+        raise UserError(f"{file} {row_label} {i}: image has {int(lengths[i])} values but "
+                        f"data.image_shape {list(shape)} needs {want}")
+    values = col.flatten().to_numpy(zero_copy_only=False)
+    if values.dtype != np.uint8:
+        if len(values) and (values.min() < 0 or values.max() > 255):
+            raise UserError(f"{file}: column '{cfg.image_column}' has values in [{values.min()}, {values.max()}]; "
+                            "array images must be uint8 (0..255)")
+        values = values.astype(np.uint8)
+    return values.reshape(len(col), *shape)
 
 
 class _Disallowed(pickle.UnpicklingError):

@@ -74,3 +74,14 @@ def class_statistics(counts: np.ndarray, beta: float) -> dict:
         "effective_number": ((1 - np.power(beta, counts)) / (1 - beta)).tolist(),
         "weights": {s: class_weights(counts, s, beta).tolist() for s in ("inverse", "sqrt", "effective")},
     }
+
+
+def check_labels(labels: np.ndarray, n_classes: int, source: str) -> None:
+    """Every label in [0, n_classes); every class present."""
+    bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
+    if len(bad):
+        raise UserError(f"source '{source}': label {int(labels[bad[0]])} at row {int(bad[0])} is out of range "
+                        f"[0, {n_classes - 1}]; fix the labels or set data.num_classes")
+    missing = sorted(set(range(n_classes)) - set(labels.tolist()))
+    if missing:
+        raise UserError(f"source '{source}': class {missing[0]} has no images; every class needs images")

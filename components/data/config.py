@@ -33,6 +33,10 @@ class DataConfig(Section):
         "effective", description="Class weights used by `reweight`.")
     effective_beta: float = Field(0.999, gt=0.0, lt=1.0, description="Beta of the effective number of samples.")
     rows_per_shard: int = Field(4096, gt=0, description="Rows per Parquet file.")
+    streaming: Literal["auto", "always", "never"] = Field(
+        "auto", description="Prepare image_folder and parquet sources on Ray Data in bounded memory: `auto` "
+                            "when the source has more than stream_above_rows rows.")
+    stream_above_rows: int = Field(200_000, ge=0, description="Source rows above which `auto` streams.")
     reader: Literal["local", "ray_data"] = Field(
         "local", description="`local`: each worker reads every shard (small data, exact class balance); "
                              "`ray_data`: ray.data.read_parquet with one shard per Ray Train worker.")

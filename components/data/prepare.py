@@ -5,11 +5,13 @@ from pathlib import Path
 
 import numpy as np
 
-from components.data.balance import class_statistics, longtail_indices, stratified_split
+from components.data.balance import check_labels, class_statistics, longtail_indices, stratified_split
 from components.data.config import DataConfig
 from components.data.shards import write_dataset
 from components.data.array_sources import load_cifar, load_mnist_idx, load_parquet
-from components.data.sources import finish, load_color_digits_source, load_digits_source, load_image_folder
+from components.data.sources import (RawImages, finish, load_color_digits_source, load_digits_source,
+                                    load_image_folder)
+from components.data.streaming import prepare_streaming, streams
 from components.errors import UserError
 
 SOURCES = {"digits": load_digits_source, "color_digits": load_color_digits_source, "image_folder": load_image_folder,
@@ -18,7 +20,15 @@ SOURCES = {"digits": load_digits_source, "color_digits": load_color_digits_sourc
 
 def prepare_dataset(cfg: DataConfig, out_dir: Path, source_uri: str | None = None) -> dict:
     """Build the dataset described by `cfg` in `out_dir` and return its manifest. `source_uri`: where the
-    files in cfg.path were fetched from, for the manifest (default cfg.path)."""
+    files in cfg.path were fetched from, for the manifest (default cfg.path). Large image folders and
+    Parquet sources are prepared on Ray Data in bounded memory (components.data.streaming)."""
+    if streams(cfg):
+        def manifest_for(index, names, counts, skipped, resized):
+            return describe(cfg, index.description, names, counts, skipped, index.ignored, resized, source_uri)
+        manifest = prepare_streaming(cfg, out_dir, manifest_for)
+        report_skips(RawImages(np.empty(0), np.empty(0), [], "", manifest["skipped_files"],
+                               manifest["resized_images"]))
+        return manifest
     raw = finish(SOURCES[cfg.source](cfg), cfg)
     n_classes = cfg.num_classes or len(raw.class_names)
     check_labels(raw.labels, n_classes, cfg.source)
@@ -31,32 +41,26 @@ def prepare_dataset(cfg: DataConfig, out_dir: Path, source_uri: str | None = Non
 
     counts = {s: np.bincount(labels[splits == s], minlength=n_classes).tolist()
               for s in ("train", "val", "test") if (splits == s).any()}
-    train_counts = np.array(counts["train"])
-    manifest = {
-        "source": {"name": cfg.source, "description": raw.description, "path": source_uri or cfg.path},
-        "class_names": names,
-        "skipped_files": raw.skipped,
-        "ignored_files": raw.ignored,
-        "resized_images": raw.resized,
-        "num_classes": n_classes,
-        "num_images": int(len(labels)),
-        "imbalance_ratio_requested": cfg.imbalance_ratio,
-        "class_counts": counts,
-        "train_statistics": class_statistics(train_counts, cfg.effective_beta),
-        "config": cfg.model_dump() | {"path": source_uri or cfg.path},
-    }
+    manifest = describe(cfg, raw.description, names, counts, raw.skipped, raw.ignored, raw.resized, source_uri)
     return write_dataset(Path(out_dir), images, labels, splits, ids, manifest, cfg.rows_per_shard)
 
 
-def check_labels(labels: np.ndarray, n_classes: int, source: str) -> None:
-    """Every label in [0, n_classes); every class present."""
-    bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
-    if len(bad):
-        raise UserError(f"source '{source}': label {int(labels[bad[0]])} at row {int(bad[0])} is out of range "
-                        f"[0, {n_classes - 1}]; fix the labels or set data.num_classes")
-    missing = sorted(set(range(n_classes)) - set(labels.tolist()))
-    if missing:
-        raise UserError(f"source '{source}': class {missing[0]} has no images; every class needs images")
+def describe(cfg: DataConfig, description: str, names: list[str], counts: dict[str, list[int]],
+             skipped: list[str], ignored: list[str], resized: int, source_uri: str | None) -> dict:
+    """The manifest's account of the data: source, classes, counts per split, class statistics."""
+    return {
+        "source": {"name": cfg.source, "description": description, "path": source_uri or cfg.path},
+        "class_names": names,
+        "skipped_files": skipped,
+        "ignored_files": ignored,
+        "resized_images": resized,
+        "num_classes": len(names),
+        "num_images": int(sum(sum(c) for c in counts.values())),
+        "imbalance_ratio_requested": cfg.imbalance_ratio,
+        "class_counts": counts,
+        "train_statistics": class_statistics(np.array(counts["train"]), cfg.effective_beta),
+        "config": cfg.model_dump() | {"path": source_uri or cfg.path},
+    }
 
 
 def report_skips(raw) -> None:

@@ -41,6 +41,24 @@ def load_split(data_dir: str | Path, split: str) -> SplitTensors:
     )
 
 
+def class_samples(data_dir: str | Path, split: str, n_classes: int, k: int) -> list[torch.Tensor]:
+    """Up to k images per class in [-1, 1], reading shards in order only until every class has k: a sample
+    grid of a data set of any size without loading it."""
+    manifest = read_manifest(data_dir)
+    h, w, c = manifest["image_shape_hwc"]
+    found: list[list[np.ndarray]] = [[] for _ in range(n_classes)]
+    for f in manifest["files"][split]:
+        if all(len(x) >= k for x in found):
+            break
+        t = pq.read_table(Path(data_dir) / f, columns=["image", "label"])
+        images = t.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, h, w, c)
+        for image, label in zip(images, t.column("label").to_numpy()):
+            if len(found[label]) < k:
+                found[label].append(image)
+    return [to_unit_range(torch.from_numpy(np.stack(x).transpose(0, 3, 1, 2).copy()).float()) if x
+            else torch.empty(0, c, h, w) for x in found]
+
+
 def sampling_probs(labels: torch.Tensor, n_classes: int, strategy: str) -> torch.Tensor:
     """Per-sample draw probabilities giving class shares: data (none/reweight), uniform (resample), sqrt."""
     counts = torch.bincount(labels, minlength=n_classes).double().clamp_min(1)

@@ -1,6 +1,7 @@
 """Parquet shards with an explicit schema, written atomically, plus the manifest and content digest."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -40,24 +41,29 @@ def content_digest(images_nhwc: np.ndarray, labels: np.ndarray, splits: np.ndarr
     return h.hexdigest()
 
 
+def write_split_shard(path: Path, split: str, images: np.ndarray, labels: np.ndarray, ids: np.ndarray,
+                      schema: pa.Schema) -> None:
+    """One Parquet shard of one split's rows."""
+    flat = images.reshape(len(images), -1)
+    table = pa.table(
+        {
+            "image": pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel(), pa.uint8()), flat.shape[1]),
+            "label": pa.array(labels, pa.int64()),
+            "sample_id": pa.array(ids, pa.string()),
+            "split": pa.array([split] * len(images), pa.string()),
+        },
+        schema=schema,
+    )
+    pq.write_table(table, path, row_group_size=1024, compression="zstd")
+
+
 def _write_split(tmp: Path, split: str, images: np.ndarray, labels: np.ndarray, ids: np.ndarray,
                  schema: pa.Schema, rows_per_shard: int) -> list[str]:
     files = []
-    flat = images.reshape(len(images), -1)
     for shard, start in enumerate(range(0, len(images), rows_per_shard)):
         end = start + rows_per_shard
-        values = pa.array(flat[start:end].ravel(), pa.uint8())
-        table = pa.table(
-            {
-                "image": pa.FixedSizeListArray.from_arrays(values, flat.shape[1]),
-                "label": pa.array(labels[start:end], pa.int64()),
-                "sample_id": pa.array(ids[start:end], pa.string()),
-                "split": pa.array([split] * (min(end, len(images)) - start), pa.string()),
-            },
-            schema=schema,
-        )
         name = f"{split}-{shard:05d}.parquet"
-        pq.write_table(table, tmp / name, row_group_size=1024, compression="zstd")
+        write_split_shard(tmp / name, split, images[start:end], labels[start:end], ids[start:end], schema)
         files.append(name)
     return files
 
@@ -73,9 +79,7 @@ def write_dataset(out_dir: Path, images_nhwc: np.ndarray, labels: np.ndarray, sp
     existing = read_manifest(out_dir) if (out_dir / MANIFEST).exists() else None
     if existing and existing.get("digest") == digest:
         return existing
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with staged(out_dir) as tmp:
         h, w, c = images_nhwc.shape[1:]
         schema = shard_schema(h, w, c)
         files = {}
@@ -86,13 +90,23 @@ def write_dataset(out_dir: Path, images_nhwc: np.ndarray, labels: np.ndarray, sp
         manifest = {**manifest, "schema_version": SCHEMA_VERSION, "digest": digest, "files": files,
                     "image_shape_hwc": [h, w, c]}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+@contextlib.contextmanager
+def staged(out_dir: Path):
+    """A scratch folder beside out_dir that replaces out_dir when the block succeeds, and is removed when it
+    fails: a reader never sees half a data set."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        yield tmp
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return manifest
 
 
 def read_manifest(data_dir: Path) -> dict:

@@ -155,6 +155,14 @@ def _collect(items, cfg, describe: str, class_names: list[str]) -> RawImages:
 def load_image_folder(cfg) -> RawImages:
     """root/<class>/<image>: one subfolder per class; files by IMAGE_SUFFIXES, anything else ignored and listed.
     Links may point anywhere inside root, never outside it."""
+    items, class_names, ignored = list_image_folder(cfg)
+    root = Path(cfg.path).expanduser()
+    return replace(_collect(items, cfg, f"image folder {root}", class_names), ignored=ignored)
+
+
+def list_image_folder(cfg) -> tuple[list[tuple[Path, int, str]], list[str], list[str]]:
+    """The image folder's (file, label, where) items in order, its class names, and the ignored files;
+    validated without decoding an image."""
     root = _require_path(cfg)
     if not root.is_dir():
         raise UserError(f"data.path {root} is a file; image_folder needs a folder of class subfolders "
@@ -180,7 +188,7 @@ def load_image_folder(cfg) -> RawImages:
             raise UserError(f"class folder '{folder.name}' ({folder}) has no images{listed}: add images "
                             f"({', '.join(sorted(IMAGE_SUFFIXES))}) or remove the folder")
         items += [(f, label, str(f)) for f in files]
-    return replace(_collect(items, cfg, f"image folder {root}", [c.name for c in classes]), ignored=ignored)
+    return items, [c.name for c in classes], ignored
 
 
 def _check_name(folder: Path) -> None:

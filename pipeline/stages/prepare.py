@@ -12,7 +12,8 @@ import mlflow
 
 from components.data.config import DataConfig
 from components.data.prepare import prepare_dataset
-from components.data.reader import load_split
+from components.data.reader import class_samples
+from components.data.streaming import STREAMABLE, streams
 from components.errors import UserError
 from components.plots import bar_chart, class_rows_grid
 from components.storage import is_remote, localize
@@ -36,6 +37,15 @@ def local_source(cfg: DataConfig) -> DataConfig:
     return cfg.model_copy(update={"path": str(local)})
 
 
+def needs_ray(cfg) -> bool:
+    """Whether this config's prepare runs on Ray Data: a large (or, when remote, possibly large) image folder
+    or Parquet source, unless data.streaming is never."""
+    data = cfg.data
+    if data.source not in STREAMABLE or data.streaming == "never":
+        return False
+    return data.streaming == "always" or (data.path is not None and is_remote(data.path)) or streams(data)
+
+
 def run(ctx: StageContext) -> dict:
     data_dir = ctx.out_dir / "data"
     manifest = prepare_dataset(local_source(ctx.cfg.data), data_dir, source_uri=ctx.cfg.data.path)
@@ -45,7 +55,8 @@ def run(ctx: StageContext) -> dict:
 
     mlflow.log_params({"imbalance_ratio": round(stats["imbalance_ratio"], 4),
                        "normalized_entropy": round(stats["normalized_entropy"], 4),
-                       "rebalance": ctx.cfg.data.rebalance, "dataset_digest": manifest["digest"]})
+                       "rebalance": ctx.cfg.data.rebalance, "dataset_digest": manifest["digest"],
+                       "prepare_engine": manifest.get("prepared_with", {}).get("engine", "in_memory")})
     mlflow.log_metrics({f"count_{split}_class_{metric_name(names[c])}": n
                         for split, counts in manifest["class_counts"].items() for c, n in enumerate(counts)})
     mlflow.log_metrics({"imbalance_ratio": stats["imbalance_ratio"], "normalized_entropy": stats["normalized_entropy"],
@@ -54,9 +65,8 @@ def run(ctx: StageContext) -> dict:
 
     fig = bar_chart(manifest["class_counts"], names, "Images per class", "images")
     fig.savefig(ctx.out_dir / "class_histogram.png", dpi=100)
-    train = load_split(data_dir, "train")
-    images = train.images_float()
-    class_rows_grid([images[train.labels == c] for c in range(len(names))], 8).save(ctx.out_dir / "real_samples.png")
+    per_class = class_samples(data_dir, "train", len(names), 8)
+    class_rows_grid(per_class, 8).save(ctx.out_dir / "real_samples.png")
     mlflow.log_artifact(str(ctx.out_dir / "class_histogram.png"))
     mlflow.log_artifact(str(ctx.out_dir / "real_samples.png"))
     mlflow.log_artifact(str(data_dir / "manifest.json"))
