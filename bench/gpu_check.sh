@@ -1,26 +1,78 @@
 #!/usr/bin/env bash
-# The one prepared script for a lent GPU machine (see docs/gpu.md): throughput, then the 64x64 RGB quality
-# table, each writing JSON under $OUT. The machine has PyTorch but not this project's other dependencies:
-# pydantic travels as wheels in .whl/ (Ray and MLflow are not needed by these two benchmarks).
+# The one prepared script for a lent GPU machine (docs/gpu.md). Parts, in order; name some to run only those:
+#   step     bench/gpu_bench.py: the training step before and after (sync, bf16, compile, CUDA graphs)  ~4 min
+#   ddp      bench/gpu_ddp_check.py: NCCL DDP with SyncBatchNorm on one card                          <1 min
+#   dag      the color64 DAG through Ray Train on 1 GPU, tracked in MLflow (SQLite), a model registered,
+#            its Tune campaign's 4 trials sharing the GPU (tune.gpus_per_trial 0.25), then the same
+#            campaign at one trial per GPU for trials per hour                                          ~5 min
+#   ray      bench/trainer_bench.py --gpu: Ray Train on 1 GPU against the bare loop on the same card    ~1 min
+#   quality  bench/quality.py on color64 (the recipes table; long, not in the default set)
+# usage (device run, carrying .gpukit):  bash bench/gpu_check.sh [step] [ddp] [dag] [ray] [quality]
+# Default: step ddp dag ray. Every part writes JSON and a log under $OUT, and a part that fails does not
+# stop the next. The machine has PyTorch but not Ray, MLflow or pydantic: .gpukit/site.tar.xz (built by
+# ../shared/tools/gpu-kit.sh) carries them; .whl/ (pydantic wheels) is enough for step and ddp.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
-if [ -d .whl ]; then
+parts=${*:-step ddp dag ray}
+if [ -f .gpukit/site.tar.xz ]; then
+  mkdir -p /tmp/site && tar -xJf .gpukit/site.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site:$PWD || exit 1
+elif [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site || exit 1
+    && export PYTHONPATH=/tmp/site:$PWD || exit 1
 fi
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/nvidia-smi.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+python3 -c "import ray, mlflow, pydantic; print('ray', ray.__version__, 'mlflow', mlflow.__version__)" \
+  || echo "no Ray or MLflow here: the dag and ray parts need .gpukit (../shared/tools/gpu-kit.sh)"
 
-start=$(date +%s)
-timeout 150 python3 -m bench.gpu_bench --out "$OUT/gpu.json" 2>&1 | tee "$OUT/gpu_bench.log"
-echo "gpu_bench: $(( $(date +%s) - start )) s"
+timed() {  # timed NAME LIMIT_S COMMAND...: run, log, and record the seconds and status in $OUT/parts.txt
+  local name=$1 limit=$2 start status
+  shift 2
+  start=$(date +%s)
+  timeout "$limit" "$@" > >(tee "$OUT/$name.log") 2>&1
+  status=$?
+  echo "$name: exit $status in $(( $(date +%s) - start )) s" | tee -a "$OUT/parts.txt"
+}
 
-# Robustness curves are not part of the quality table: one eps and 3 PGD steps keep CPU scoring short.
-start=$(date +%s)
-timeout "${QUALITY_TIMEOUT_S:-330}" python3 -m bench.quality --config configs/color64-gpu.yaml --device cuda \
-  --threads "$(nproc)" --recipes default,naive,full,balanced --budgets 1,3 \
-  --time-budget-s "${QUALITY_BUDGET_S:-200}" --set evaluate.robustness_eps=[0.05] --set evaluate.pgd_steps=3 \
-  --out "$OUT/quality_color64.json" 2>&1 | tee "$OUT/quality.log"
-echo "quality: $(( $(date +%s) - start )) s"
+W=$(mktemp -d /tmp/gpu-dag.XXXX)
+dag_sets=(--set "work_dir=$W/outputs" --set "tracking.uri=sqlite:///$W/mlflow.db"
+          --set "tracking.artifact_root=$W/mlartifacts" --set "train.num_workers=1" --set "tune.num_samples=1")
+for part in $parts; do
+  case $part in
+    step) timed step 300 python3 -m bench.gpu_bench --out "$OUT/gpu_step.json" --time-limit-s 230 ;;
+    ddp) timed ddp 120 python3 -m bench.gpu_ddp_check --out "$OUT/gpu_ddp_check.json" ;;
+    dag)
+      timed dag 300 python3 -m pipeline run --config configs/color64-gpu.yaml "${dag_sets[@]}" \
+        --set tune.gpus_per_trial=0.25 --set tune.max_concurrent_trials=4
+      timed tune_one_per_gpu 180 python3 -m pipeline run --config configs/color64-gpu.yaml "${dag_sets[@]}" \
+        --set tune.gpus_per_trial=1 --set tune.max_concurrent_trials=4 --only tune
+      python3 - "$OUT" <<'PY'
+import json, re, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+def stage_seconds(log, stage):
+    found = re.findall(rf"\] {stage}: done in ([0-9.]+)s", (out / log).read_text()) if (out / log).exists() else []
+    return float(found[-1]) if found else None
+shared, alone = stage_seconds("dag.log", "tune"), stage_seconds("tune_one_per_gpu.log", "tune")
+trials = 4  # configs/tune/lr-batch.yaml: a grid of 4 trials
+summary = {"tune_seconds": {"gpus_per_trial_0.25": shared, "gpus_per_trial_1": alone},
+           "trials_per_hour": {k: round(3600 * trials / v, 1) if v else None
+                               for k, v in (("gpus_per_trial_0.25", shared), ("gpus_per_trial_1", alone))},
+           "registered": re.findall(r"promote: (\S+ v\d+ -> [^;]+)", (out / "dag.log").read_text())
+                         if (out / "dag.log").exists() else []}
+(out / "gpu_tune_packing.json").write_text(json.dumps(summary, indent=2))
+print(json.dumps(summary))
+PY
+      ;;
+    ray) timed ray 240 python3 -m bench.trainer_bench --gpu --modes bare,ray_train_1 --out "$OUT/gpu_trainer.json" ;;
+    quality)
+      timed quality "${QUALITY_TIMEOUT_S:-330}" python3 -m bench.quality --config configs/color64-gpu.yaml --device cuda \
+        --threads "$(nproc)" --recipes default,full --budgets 1,3 --time-budget-s "${QUALITY_BUDGET_S:-200}" \
+        --set evaluate.robustness_eps=[0.05] --set evaluate.pgd_steps=3 --out "$OUT/quality_color64.json" ;;
+    *) echo "unknown part '$part': choose from step ddp dag ray quality" ;;
+  esac
+done
+cp -r "$W/outputs/reports" "$OUT/" 2>/dev/null || true
+cat "$OUT/parts.txt"

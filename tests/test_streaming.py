@@ -49,7 +49,7 @@ def test_streamed_parquet_has_the_rows_and_splits_of_the_in_memory_path(ray_clus
     base = dict(source="parquet", path=str(source), channels=3, imbalance_ratio=5, rows_per_shard=300)
     prepare_dataset(DataConfig(**base, streaming="never"), tmp_path / "memory")
     manifest = prepare_dataset(DataConfig(**base, streaming="always"), tmp_path / "streamed")
-    assert manifest["prepared_with"] == {"engine": "ray_data", "tasks": 3}
+    assert manifest["prepared_with"] == {"engine": "ray_data"}
     assert manifest["files"]["train"] == ["train-00000.parquet", "train-00001.parquet", "train-00002.parquet"]
     assert_same_dataset(tmp_path / "memory", tmp_path / "streamed")
     again = prepare_dataset(DataConfig(**base, streaming="always"), tmp_path / "again")
@@ -122,3 +122,14 @@ def test_the_sample_grid_reads_only_the_shards_it_needs(tmp_path):
     whole = load_split(tmp_path / "data", "train")
     for c, images in enumerate(per_class):
         assert torch.equal(images, whole.images_float()[whole.labels == c][:4])
+
+
+def test_shards_are_dealt_out_evenly_and_in_order():
+    from components.data.streaming import Plan, task_count
+
+    plan = Plan('{"rows_per_shard": 10}', "", None, np.arange(1005), np.zeros(1005, np.uint8), tasks=16)
+    assert plan.shard_count() == 101
+    ranges = [plan.shards_of(t) for t in range(plan.tasks)]
+    assert [k for r in ranges for k in r] == list(range(101))
+    assert {len(r) for r in ranges} == {6, 7}
+    assert task_count(101, 2) == 16 and task_count(3, 2) == 3 and task_count(0, 2) == 1

@@ -82,6 +82,6 @@ def check_labels(labels: np.ndarray, n_classes: int, source: str) -> None:
     if len(bad):
         raise UserError(f"source '{source}': label {int(labels[bad[0]])} at row {int(bad[0])} is out of range "
                         f"[0, {n_classes - 1}]; fix the labels or set data.num_classes")
-    missing = sorted(set(range(n_classes)) - set(labels.tolist()))
+    missing = np.flatnonzero(np.bincount(labels, minlength=n_classes) == 0).tolist()
     if missing:
         raise UserError(f"source '{source}': class {missing[0]} has no images; every class needs images")

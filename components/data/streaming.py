@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +37,13 @@ STREAMABLE = ("image_folder", "parquet")
 class SourceIndex:
     """What prepare needs to know before decoding: every row's label, and where each row lives.
 
-    locations[i] is (file, row group, row within the group) for Parquet, (file, -1, -1) for an image folder."""
+    Parquet rows are numbered across files in order; row group g holds rows group_start[g] onwards of file
+    files[group_file[g]]. An image folder's row i is the file files[i]."""
 
     labels: np.ndarray
-    locations: list[tuple[str, int, int]]
+    files: list[str]
+    group_file: np.ndarray
+    group_start: np.ndarray
     class_names: list[str]
     description: str
     ignored: list[str]
@@ -76,12 +79,12 @@ def index_source(cfg: DataConfig) -> SourceIndex:
     """Labels and row locations, validated like the in-memory loaders validate them."""
     if cfg.source == "image_folder":
         items, names, ignored = list_image_folder(cfg)
-        return SourceIndex(np.array([label for _, label, _ in items], np.int64),
-                           [(str(f), -1, -1) for f, _, _ in items], names, f"image folder {cfg.path}", ignored,
-                           encoded=True)
+        empty = np.zeros(0, np.int64)
+        return SourceIndex(np.array([label for _, label, _ in items], np.int64), [str(f) for f, _, _ in items],
+                           empty, empty, names, f"image folder {cfg.path}", ignored, encoded=True)
     import pyarrow.parquet as pq
 
-    labels, locations, kinds = [], [], {}
+    labels, files, group_file, group_start, kinds, total = [], [], [], [], {}, 0
     for file in parquet_files(cfg):
         try:
             meta = pq.ParquetFile(file)
@@ -90,51 +93,73 @@ def index_source(cfg: DataConfig) -> SourceIndex:
             raise UserError(f"{file}: not a readable Parquet file ({str(err).splitlines()[0][:120]}); "
                             "re-export it, or move it out of data.path") from None
         schema = meta.schema_arrow
-        file_labels = check_parquet_table(file, schema, meta.metadata.num_rows,
-                                          table.column(cfg.label_column) if table is not None else None, cfg)
+        labels.append(check_parquet_table(file, schema, meta.metadata.num_rows,
+                                          table.column(cfg.label_column) if table is not None else None, cfg))
         kind = image_kind(file, schema, cfg, kinds)
-        labels.append(file_labels)
         for group in range(meta.num_row_groups):
-            locations += [(str(file), group, r) for r in range(meta.metadata.row_group(group).num_rows)]
+            group_file.append(len(files))
+            group_start.append(total)
+            total += meta.metadata.row_group(group).num_rows
+        files.append(str(file))
     labels_all = np.concatenate(labels)
     names = [str(c) for c in range(int(labels_all.max()) + 1)]
-    return SourceIndex(labels_all, locations, names, f"parquet {cfg.path}", [], encoded=kind == "encoded images")
+    return SourceIndex(labels_all, files, np.array(group_file, np.int64), np.array(group_start, np.int64), names,
+                       f"parquet {cfg.path}", [], encoded=kind == "encoded images")
 
 
-def plan_tasks(index: SourceIndex, keep: np.ndarray, splits: np.ndarray, cfg: DataConfig,
-               out_dir: Path) -> list[dict]:
-    """One task per rows_per_shard selected rows, in source order: what it reads and where it writes."""
-    tasks = []
-    for t, start in enumerate(range(0, len(keep), cfg.rows_per_shard)):
-        rows = keep[start:start + cfg.rows_per_shard]
-        tasks.append({"spec": json.dumps({
-            "task": t, "out_dir": str(out_dir), "cfg": cfg.model_dump(mode="json"), "encoded": index.encoded,
-            "rows": rows.tolist(), "labels": index.labels[rows].tolist(),
-            "splits": splits[start:start + cfg.rows_per_shard].tolist(),
-            "locations": [index.locations[r] for r in rows]})})
-    return tasks
+SPLIT_NAMES = ("train", "val", "test")
 
 
-def _read_rows(spec: dict, cfg: DataConfig) -> tuple[RawImages, np.ndarray]:
-    """Decode a task's rows; returns the images and the positions (within the task) that were kept."""
-    locations = spec["locations"]
+@dataclass(frozen=True)
+class Plan:
+    """Everything the tasks share, put once into Ray's object store: shard k holds rows[k*R:(k+1)*R] (R is
+    data.rows_per_shard), and the shards are dealt out evenly, in order, to `tasks` tasks."""
+
+    cfg_json: str
+    out_dir: str
+    index: SourceIndex
+    rows: np.ndarray      # selected source rows, ascending
+    splits: np.ndarray    # uint8 codes into SPLIT_NAMES, one per selected row
+    tasks: int = 1
+
+    def shard_count(self) -> int:
+        return -(-len(self.rows) // json.loads(self.cfg_json)["rows_per_shard"])
+
+    def shards_of(self, task: int) -> range:
+        n = self.shard_count()
+        return range(task * n // self.tasks, (task + 1) * n // self.tasks)
+
+
+# Ray Data spends a scheduling round in the driver on every task: tasks of several shards amortise it, and
+# TASKS_PER_CPU equal tasks for each CPU of the cluster still balance the load across its cores.
+TASKS_PER_CPU = 4
+
+
+def task_count(shards: int, cpus: float) -> int:
+    return max(1, min(shards, int(cpus) * TASKS_PER_CPU))
+
+
+def _read_rows(plan: Plan, rows: np.ndarray, cfg: DataConfig) -> tuple[RawImages, np.ndarray]:
+    """Decode the given source rows; returns the images and the positions (within `rows`) that were kept."""
+    index = plan.index
     if cfg.source == "image_folder":
-        items = [(Path(f), i, f) for i, (f, _, _) in enumerate(locations)]
+        items = [(Path(index.files[r]), i, index.files[r]) for i, r in enumerate(rows)]
         raw = _collect(items, cfg, f"image folder {cfg.path}", [])
         return raw, raw.labels
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    groups: dict[tuple[str, int], list[int]] = {}
-    for i, (f, g, _) in enumerate(locations):
-        groups.setdefault((f, g), []).append(i)
+    groups = np.searchsorted(index.group_start, rows, side="right") - 1
     images, kept, skipped, resized = [], [], [], 0
-    for (f, g), positions in groups.items():
-        table = pq.ParquetFile(f).read_row_group(g, columns=[cfg.image_column])
-        rows_in_group = np.array([locations[i][2] for i in positions])
-        if spec["encoded"]:
-            col = table.take(pa.array(rows_in_group)).column(cfg.image_column).to_pylist()
-            part = _collect([(b, p, f"{f} row group {g} row {locations[p][2]}") for b, p in zip(col, positions)],
+    for g in np.unique(groups):  # rows ascend, so each group's rows are contiguous and in order
+        positions = np.flatnonzero(groups == g)
+        f = index.files[index.group_file[g]]
+        local = rows[positions] - index.group_start[g]
+        g_in_file = int(g - np.searchsorted(index.group_file, index.group_file[g]))
+        table = pq.ParquetFile(f).read_row_group(g_in_file, columns=[cfg.image_column])
+        if index.encoded:
+            col = table.take(pa.array(local)).column(cfg.image_column).to_pylist()
+            part = _collect([(b, int(p), f"{f} row group {g_in_file} row {r}") for b, p, r in zip(col, positions, local)],
                             cfg, f, [])
             images.append(part.images_nhwc)
             kept.append(part.labels)
@@ -142,81 +167,99 @@ def _read_rows(spec: dict, cfg: DataConfig) -> tuple[RawImages, np.ndarray]:
             resized += part.resized
         else:
             # The whole group is checked, so an error names the row's real place in it.
-            arrays = _fixed_shape_rows(Path(f), table, cfg, row_label=f"row group {g} row")[rows_in_group]
+            arrays = _fixed_shape_rows(Path(f), table, cfg, row_label=f"row group {g_in_file} row")[local]
             images.append(finish(RawImages(arrays, np.zeros(len(arrays), np.int64), [], ""), cfg).images_nhwc)
-            kept.append(np.array(positions, np.int64))
-    return RawImages(np.concatenate(images), np.concatenate(kept), [], "", skipped, resized), np.concatenate(kept)
+            kept.append(positions)
+    kept_all = np.concatenate(kept)
+    return RawImages(np.concatenate(images), kept_all, [], "", skipped, resized), kept_all
 
 
-def run_task(item: dict) -> dict:
-    """One Ray Data task: decode, resize and write one shard's rows; returns counts and a digest, or the
-    one-line error that bad input earned (Ray would wrap an exception in its own traceback)."""
-    spec = json.loads(item["spec"])
-    cfg = DataConfig.model_validate(spec["cfg"])
+_PLANS: dict[str, Plan] = {}  # per worker process: a plan is fetched from the object store once
+
+
+def run_task(item: dict, plan_ref) -> dict:
+    """One Ray Data task: decode, resize and write its shards' rows, one shard in memory at a time; returns
+    each shard's counts and digest, or the one-line error that bad input earned (Ray would wrap an
+    exception in its own traceback)."""
+    import ray
+
+    key = plan_ref.hex()
+    if key not in _PLANS:
+        _PLANS.clear()
+        _PLANS[key] = ray.get(plan_ref)
+    plan, task = _PLANS[key], int(item["id"])
+    cfg = DataConfig.model_validate_json(plan.cfg_json)
     try:
-        return {"result": json.dumps(_write_shard(spec, cfg))}
+        return {"result": json.dumps([_write_shard(plan, k, cfg) for k in plan.shards_of(task)])}
     except UserError as err:
-        return {"result": json.dumps({"task": spec["task"], "error": str(err)})}
+        return {"result": json.dumps([{"task": task, "error": str(err)}])}
 
 
-def _write_shard(spec: dict, cfg: DataConfig) -> dict:
-    raw, kept = _read_rows(spec, cfg)
-    labels = np.array(spec["labels"], np.int64)[kept]
-    splits = np.array(spec["splits"])[kept]
-    ids = np.array([f"{cfg.source}:{r}" for r in np.array(spec["rows"])[kept]])
+def _write_shard(plan: Plan, task: int, cfg: DataConfig) -> dict:
+    mine = slice(task * cfg.rows_per_shard, (task + 1) * cfg.rows_per_shard)
+    rows = plan.rows[mine]
+    raw, kept = _read_rows(plan, rows, cfg)
+    labels = plan.index.labels[rows][kept]
+    splits = np.array(SPLIT_NAMES)[plan.splits[mine][kept]]
+    ids = np.array([f"{cfg.source}:{r}" for r in rows[kept]])
     h, w, c = raw.images_nhwc.shape[1:]
     files = {}
-    for split in ("train", "val", "test"):
+    for split in SPLIT_NAMES:
         m = splits == split
         if m.any():
-            name = f"{split}-{spec['task']:05d}.parquet"
-            write_split_shard(Path(spec["out_dir"]) / name, split, raw.images_nhwc[m], labels[m], ids[m],
+            name = f"{split}-{task:05d}.parquet"
+            write_split_shard(Path(plan.out_dir) / name, split, raw.images_nhwc[m], labels[m], ids[m],
                               shard_schema(h, w, c))
             files[split] = name
     counts = {s: np.bincount(labels[splits == s], minlength=cfg.num_classes or 0).tolist() for s in files}
-    return {"task": spec["task"], "files": files, "counts": counts,
+    return {"task": task, "files": files, "counts": counts,
             "digest": content_digest(raw.images_nhwc, labels, splits, ids),
             "skipped": raw.skipped, "resized": raw.resized, "shape": [h, w, c]}
 
 
-def run_on_ray_data(tasks: list[dict], progress) -> list[dict]:
-    """Run every task on Ray Data (a running Ray, or a local one Ray Data starts); results in task order."""
+def run_on_ray_data(plan: Plan, progress) -> list[dict]:
+    """Run every task on Ray Data (a running Ray, or a local one started and ended here); results in task
+    order."""
     import ray
 
     started = not ray.is_initialized()
-    if started:  # called outside the pipeline (a benchmark, a notebook): a local Ray on loopback, ended here
+    if started:  # called outside the pipeline (a benchmark, a notebook): a local Ray on loopback
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(address="local", include_dashboard=False, logging_level="warning")
     try:
-        return _run_tasks(tasks, progress)
+        return _run_tasks(plan, progress)
     finally:
         if started:
             ray.shutdown()
 
 
-def _run_tasks(tasks: list[dict], progress) -> list[dict]:
+def _run_tasks(plan: Plan, progress) -> list[dict]:
+    import ray
     import ray.data
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # progress is ours: one line per tenth of the shards
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = True
+    plan = replace(plan, tasks=task_count(plan.shard_count(), ray.cluster_resources().get("CPU", 1)))
+    n = plan.tasks
+    plan_ref = ray.put(plan)
     started, results = time.perf_counter(), []
-    dataset = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map(run_task, num_cpus=1)
+    dataset = ray.data.range(n, override_num_blocks=n).map(run_task, fn_kwargs={"plan_ref": plan_ref}, num_cpus=1)
     for row in dataset.iter_rows():
-        result = json.loads(row["result"])
-        if "error" in result:  # the first bad row ends the run; the caller removes what was written
-            raise UserError(result["error"])
-        results.append(result)
-        progress(len(results), len(tasks), time.perf_counter() - started)
+        for result in json.loads(row["result"]):
+            if "error" in result:  # the first bad row ends the run; the caller removes what was written
+                raise UserError(result["error"])
+            results.append(result)
+        progress(len(results), plan.shard_count(), time.perf_counter() - started)
     return sorted(results, key=lambda r: r["task"])
 
 
 def prepare_streaming(cfg: DataConfig, out_dir: Path, manifest_for, progress=None) -> dict:
     """Build the dataset in `out_dir` on Ray Data; `manifest_for(index, counts, skipped, resized)` gives
     the manifest's descriptive part (the caller's, shared with the in-memory path)."""
-    progress = progress or _print_progress
+    progress = progress or _progress_lines()
     index = index_source(cfg)
     n_classes = cfg.num_classes or len(index.class_names)
     check_labels(index.labels, n_classes, cfg.source)
@@ -225,7 +268,10 @@ def prepare_streaming(cfg: DataConfig, out_dir: Path, manifest_for, progress=Non
     splits = stratified_split(index.labels[keep], n_classes, cfg.val_fraction, cfg.test_fraction, cfg.seed, names)
     with staged(Path(out_dir)) as tmp:
         cfg_n = cfg.model_copy(update={"num_classes": n_classes})
-        results = run_on_ray_data(plan_tasks(index, keep, splits, cfg_n, tmp), progress)
+        split_codes = np.zeros(len(splits), np.uint8)
+        for code, name in enumerate(SPLIT_NAMES):
+            split_codes[splits == name] = code
+        results = run_on_ray_data(Plan(cfg_n.model_dump_json(), str(tmp), index, keep, split_codes), progress)
         counts = {s: np.sum([r["counts"][s] for r in results if s in r["counts"]], axis=0).tolist()
                   for s in ("train", "val", "test") if any(s in r["counts"] for r in results)}
         _check_splits_survived(counts, names)
@@ -234,7 +280,7 @@ def prepare_streaming(cfg: DataConfig, out_dir: Path, manifest_for, progress=Non
         for r in results:
             digest.update(r["digest"].encode())
         manifest = {**manifest_for(index, names, counts, skipped, sum(r["resized"] for r in results)),
-                    "prepared_with": {"engine": "ray_data", "tasks": len(results)},
+                    "prepared_with": {"engine": "ray_data"},
                     "schema_version": SCHEMA_VERSION, "digest": digest.hexdigest(),
                     "files": {s: [r["files"][s] for r in results if s in r["files"]] for s in counts},
                     "image_shape_hwc": results[0]["shape"]}
@@ -251,6 +297,13 @@ def _check_splits_survived(counts: dict[str, list[int]], names: list[str]) -> No
                                 "skipping unreadable ones; fix or replace them")
 
 
-def _print_progress(done: int, total: int, seconds: float) -> None:
-    if done == total or done % max(1, total // 10) == 0:
-        print(f"  prepare: {done}/{total} shards written on Ray Data ({seconds:.0f} s)", flush=True)
+def _progress_lines():
+    """A progress callback printing one line each time another tenth of the shards is written."""
+    shown = [0]
+
+    def show(done: int, total: int, seconds: float) -> None:
+        tenth = 10 * done // total
+        if tenth > shown[0]:
+            shown[0] = tenth
+            print(f"  prepare: {done}/{total} shards written on Ray Data ({seconds:.0f} s)", flush=True)
+    return show
