@@ -7,11 +7,11 @@ colours, upscaled to 32x32, plus pixel noise, so it compresses like an image rat
 pure noise. Labels are the glyphs' digits; prepare makes the set long-tailed (rho 10).
 
 Each run is a fresh process (`--one`): a Ray of that many CPUs, then `prepare_dataset`. This process
-samples the run's process tree every 0.2 s and reports the peak of the summed RSS (the driver, the Ray
+samples the run's process tree every 0.5 s and reports the peak of the summed RSS (the driver, the Ray
 daemons and workers; the object store's shared pages are counted once per process that maps them, so
 the figure is an upper bound) and the driver's own peak.
 
-    python -m bench.prepare_bench                       # 100k and 1M rows; about 10 minutes on 2 cores
+    python -m bench.prepare_bench                       # 100k and 1M rows; about 6 minutes on 2 cores
     python -m bench.prepare_bench --rows 20000 --out /tmp/p.json       # a quick check
 
 Writes bench/results/prepare_stream.json.
@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -91,25 +92,25 @@ def run_one(source: Path, cpus: int, engine: str, out_dir: Path) -> dict:
 
 
 def tree_rss(pid: int) -> tuple[int, int]:
-    """(RSS of pid and all its descendants, RSS of pid alone), bytes, from /proc."""
-    parent, rss = {}, {}
+    """(RSS of pid and all its descendants, RSS of pid alone), bytes, from /proc: only the tree is read, so
+    sampling costs little of the cores being measured."""
     page = os.sysconf("SC_PAGE_SIZE")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            resident = int((entry / "statm").read_text().split()[1])
-        except OSError:  # gone meanwhile
-            continue
-        parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-        rss[int(entry.name)] = resident * page
-    tree, todo = set(), [pid]
+    total = own = 0
+    todo, seen = [pid], set()
     while todo:
         p = todo.pop()
-        tree.add(p)
-        todo += [c for c, pp in parent.items() if pp == p and c not in tree]
-    return sum(rss.get(p, 0) for p in tree), rss.get(pid, 0)
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            rss = int(Path(f"/proc/{p}/statm").read_text().split()[1]) * page
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # gone meanwhile
+            continue
+        total += rss
+        own = rss if p == pid else own
+    return total, own
 
 
 def measure(rows: int, cpus: int, engine: str) -> dict:
@@ -123,7 +124,7 @@ def measure(rows: int, cpus: int, engine: str) -> dict:
         while proc.poll() is None:
             total, own = tree_rss(proc.pid)
             peak_tree, peak_driver = max(peak_tree, total), max(peak_driver, own)
-            time.sleep(0.2)
+            time.sleep(0.5)
         if proc.returncode != 0:
             raise RuntimeError(f"prepare run ({rows} rows, {cpus} CPUs, {engine}) exited {proc.returncode}")
         timings = json.loads(result_file.read_text())
@@ -136,27 +137,34 @@ def measure(rows: int, cpus: int, engine: str) -> dict:
     return row
 
 
-def main(sizes: list[int], out: Path, in_memory: bool = True) -> dict:
+def main(sizes: list[int], out: Path, in_memory: bool = True, repeats: int = 1) -> dict:
+    """Each size on 1 and 2 CPUs; the largest `repeats` times in ABBA order (1, 2, 2, 1, ...), since this
+    machine's speed drifts: its 2-over-1 ratio is the median of the pairs'."""
     runs = []
+    big, small = max(sizes), min(sizes)
     for rows in sizes:
-        for cpus in (1, 2):
-            runs.append(measure(rows, cpus, "ray_data"))
+        order = [1, 2] if rows != big else [c for r in range(repeats) for c in ((1, 2) if r % 2 == 0 else (2, 1))]
+        for i, cpus in enumerate(order):
+            runs.append({**measure(rows, cpus, "ray_data"), "pair": i // 2})
         if in_memory:
             runs.append(measure(rows, 2, "in_memory"))
-    by = {(r["rows"], r["cpus"], r["engine"]): r for r in runs}
-    big, small = max(sizes), min(sizes)
-    summary = {} if not in_memory else {
-        "peak_rss_tree_largest_over_smallest_in_memory": round(by[(big, 2, "in_memory")]["peak_rss_tree_mb"]
-                                                               / by[(small, 2, "in_memory")]["peak_rss_tree_mb"], 3)}
-    summary |= {
-        "two_cpus_over_one_at_largest": round(by[(big, 2, "ray_data")]["source_images_per_s"]
-                                              / by[(big, 1, "ray_data")]["source_images_per_s"], 3),
-        "peak_rss_tree_largest_over_smallest_ray_data": round(by[(big, 2, "ray_data")]["peak_rss_tree_mb"]
-                                                              / by[(small, 2, "ray_data")]["peak_rss_tree_mb"], 3),
-    }
+
+    def pick(rows, cpus, engine, pair=0):
+        return next(r for r in runs if (r["rows"], r["cpus"], r["engine"]) == (rows, cpus, engine)
+                    and r.get("pair", 0) == pair)
+    pairs = [round(pick(big, 2, "ray_data", i)["source_images_per_s"] / pick(big, 1, "ray_data", i)["source_images_per_s"], 3)
+             for i in range(repeats)]
+    summary = {"two_cpus_over_one_at_largest_per_pair": pairs,
+               "two_cpus_over_one_at_largest": statistics.median(pairs),
+               "peak_rss_tree_largest_over_smallest_ray_data": round(
+                   max(r["peak_rss_tree_mb"] for r in runs if r["rows"] == big and r["engine"] == "ray_data")
+                   / max(r["peak_rss_tree_mb"] for r in runs if r["rows"] == small and r["engine"] == "ray_data"), 3)}
+    if in_memory:
+        summary["peak_rss_tree_largest_over_smallest_in_memory"] = round(
+            pick(big, 2, "in_memory")["peak_rss_tree_mb"] / pick(small, 2, "in_memory")["peak_rss_tree_mb"], 3)
     result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "command": "python -m bench.prepare_bench --rows " + ",".join(map(str, sizes))
-                         + ("" if in_memory else " --no-in-memory"),
+                         + f" --repeats {repeats}" + ("" if in_memory else " --no-in-memory"),
               "source": "generated Parquet, 32x32x3 uint8 arrays, 50,000-row files, 4,096-row groups, zstd",
               "targets": {"two_cpus_over_one": 1.7, "peak_rss_flat_in_rows": True},
               "runs": runs, "summary": summary}
@@ -175,5 +183,6 @@ if __name__ == "__main__":
     parser.add_argument("--rows", default="100000,1000000", help="comma-separated source sizes")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "prepare_stream.json")
     parser.add_argument("--no-in-memory", action="store_true", help="skip the in-memory comparison runs")
+    parser.add_argument("--repeats", type=int, default=2, help="1-vs-2-CPU pairs at the largest size")
     a = parser.parse_args()
-    main([int(r) for r in a.rows.split(",")], a.out, not a.no_in_memory)
+    main([int(r) for r in a.rows.split(",")], a.out, not a.no_in_memory, a.repeats)
