@@ -6,7 +6,8 @@ SOURCE_ROOT/<N> as 50,000-row files with 4,096-row groups. Each image is a bundl
 colours, upscaled to 32x32, plus pixel noise, so it compresses like an image rather than like zeros or
 pure noise. Labels are the glyphs' digits; prepare makes the set long-tailed (rho 10).
 
-Each run is a fresh process (`--one`): a Ray of that many CPUs, then `prepare_dataset`. This process
+Each run is a fresh process (`--one`) confined to that many cores (taskset), with a Ray of that many CPUs,
+then `prepare_dataset`. This process
 samples the run's process tree every 0.5 s and reports the peak of the summed RSS (the driver, the Ray
 daemons and workers; the object store's shared pages are counted once per process that maps them, so
 the figure is an upper bound) and the driver's own peak.
@@ -118,7 +119,10 @@ def measure(rows: int, cpus: int, engine: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         result_file = Path(tmp) / "result.json"
         env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
-        proc = subprocess.Popen([sys.executable, "-m", "bench.prepare_bench", "--one", str(source), str(cpus),
+        # A run on n cores is confined to the first n with taskset, Ray's daemons and the driver included:
+        # otherwise a 1-CPU Ray would still have a second core for everything beside its one worker.
+        cores = ["taskset", "-c", ",".join(str(c) for c in range(cpus))] if cpus < os.cpu_count() else []
+        proc = subprocess.Popen([*cores, sys.executable, "-m", "bench.prepare_bench", "--one", str(source), str(cpus),
                                  engine, str(Path(tmp) / "out"), str(result_file)], cwd=REPO, env=env)
         peak_tree = peak_driver = 0
         while proc.poll() is None:
