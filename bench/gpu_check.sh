@@ -55,11 +55,14 @@ out = Path(sys.argv[1])
 def stage_seconds(log, stage):
     found = re.findall(rf"\] {stage}: done in ([0-9.]+)s", (out / log).read_text()) if (out / log).exists() else []
     return float(found[-1]) if found else None
-shared, alone = stage_seconds("dag.log", "tune"), stage_seconds("tune_one_per_gpu.log", "tune")
-trials = 4  # configs/tune/lr-batch.yaml: a grid of 4 trials
-summary = {"tune_seconds": {"gpus_per_trial_0.25": shared, "gpus_per_trial_1": alone},
-           "trials_per_hour": {k: round(3600 * trials / v, 1) if v else None
-                               for k, v in (("gpus_per_trial_0.25", shared), ("gpus_per_trial_1", alone))},
+def trials(log):
+    found = re.findall(r"tune: (\d+) trials", (out / log).read_text()) if (out / log).exists() else []
+    return int(found[-1]) if found else None
+runs = {"gpus_per_trial_0.25": "dag.log", "gpus_per_trial_1": "tune_one_per_gpu.log"}
+seconds = {k: stage_seconds(log, "tune") for k, log in runs.items()}
+summary = {"tune_seconds": seconds, "trials": {k: trials(log) for k, log in runs.items()},
+           "trials_per_hour": {k: round(3600 * trials(log) / seconds[k], 1) if seconds[k] and trials(log) else None
+                               for k, log in runs.items()},
            "registered": re.findall(r"promote: (\S+ v\d+ -> [^;]+)", (out / "dag.log").read_text())
                          if (out / "dag.log").exists() else []}
 (out / "gpu_tune_packing.json").write_text(json.dumps(summary, indent=2))
