@@ -31,6 +31,22 @@ def class_rows_grid(per_class: list[torch.Tensor], ncol: int) -> Image.Image:
     return image_grid(torch.cat(rows), ncol)
 
 
+def labelled_class_rows(per_class: list[torch.Tensor], ncol: int, labels: list[str]) -> Image.Image:
+    """class_rows_grid with a caption left of each class's row (a class's name and, say, its diversity):
+    the number beside the samples it describes."""
+    from PIL import ImageDraw
+
+    grid = class_rows_grid(per_class, ncol)
+    row_h = grid.height / max(1, len(per_class))
+    width = 8 + 7 * max((len(t) for t in labels), default=0)
+    out = Image.new("RGB", (grid.width + width, grid.height), "white")
+    out.paste(grid.convert("RGB"), (width, 0))
+    draw = ImageDraw.Draw(out)
+    for i, text in enumerate(labels):
+        draw.text((4, int(i * row_h + row_h / 2 - 6)), text, fill="black")
+    return out
+
+
 @torch.no_grad()
 def class_sample_grid(G: torch.nn.Module, num_classes: int, z_fixed: torch.Tensor) -> Image.Image:
     """One row per class, one column per fixed noise vector: G.generate(z, y) in eval mode."""

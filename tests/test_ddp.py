@@ -116,13 +116,26 @@ def test_the_local_clusters_daemons_start_with_its_settings(ray_cluster):
         assert env == LOCAL_CLUSTER_ENV, script
 
 
-def test_use_gpu_without_gpus_is_a_one_line_user_error(ray_cluster):
+def test_use_gpu_without_gpus_is_a_one_line_user_error(ray_cluster, tmp_path):
     from components.errors import UserError
-    from pipeline.stages.train import check_gpu_request
+    from pipeline.stages.train import check_resources
 
+    config = ddp_config(tmp_path, 2)
     with pytest.raises(UserError, match=r"train.use_gpu is true but the Ray cluster has 0 GPU\(s\) for 2"):
-        check_gpu_request(use_gpu=True, num_workers=2)
-    check_gpu_request(use_gpu=False, num_workers=2)  # CPU training needs no GPU
+        check_resources(config.with_overrides({"train": {"use_gpu": True}}))
+    check_resources(config)  # CPU training needs no GPU
+
+
+def test_the_ray_data_reader_needs_a_cpu_beside_the_workers(ray_cluster, tmp_path):
+    """Two one-CPU workers on the two-CPU session cluster would leave Ray Data's read tasks no CPU, and the
+    run would wait forever: refused in one line instead. Half a CPU each leaves one."""
+    from components.errors import UserError
+    from pipeline.stages.train import check_resources
+
+    config = ddp_config(tmp_path, 2).with_overrides(reader="ray_data")
+    with pytest.raises(UserError, match=r"take 2 of the cluster's 2 CPUs, leaving none for Ray Data"):
+        check_resources(config)
+    check_resources(config.with_overrides({"train": {"resources_per_worker": {"CPU": 0.5}}}))
 
 
 def test_ray_train_env_defaults_unless_the_user_says_otherwise(ray_cluster, monkeypatch):

@@ -47,8 +47,9 @@ def test_two_ray_train_workers_train_on_their_ray_data_shards(ray_cluster, tmp_p
     from components.training.ray_train import run_torch_trainer
     from tests.helpers import smoke_loop_config
 
+    # Half a CPU per worker leaves the two-CPU session cluster one CPU for Ray Data's read tasks.
     config = smoke_loop_config(tmp_path / "data", num_workers=2, batch_size=16, steps=4, report_every=2,
-                               checkpoint_every=4).with_overrides(reader="ray_data")
+                               checkpoint_every=4, resources_per_worker={"CPU": 0.5}).with_overrides(reader="ray_data")
     result = run_torch_trainer(config, tmp_path / "ray_results", "ray-data-2", placement_group_cleaner=False,
                                autoscaling_requests=False)
     assert result.error is None

@@ -160,14 +160,14 @@ def nearest_neighbour_memorisation(fake: np.ndarray, train: np.ndarray, heldout:
 
 
 def intra_class_fd(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray,
-                   num_classes: int) -> dict[str, float]:
-    """Frechet distance between real and generated features of each class (labels: real and requested).
-
-    NaN for a class with fewer than two real or generated images: one image has no covariance."""
+                   num_classes: int, prefix: str = "fcd") -> dict[str, float]:
+    """Frechet distance between real and generated features of each class (labels: real and requested), as
+    `{prefix}_class_{c}`. NaN for a class with fewer than two real or generated images: one image has no
+    covariance."""
     out = {}
     for c in range(num_classes):
         r, f = real[real_labels == c], fake[fake_labels == c]
-        out[f"fcd_class_{c}"] = frechet_distance(r, f)["fd"]
+        out[f"{prefix}_class_{c}"] = frechet_distance(r, f)["fd"]
     return out
 
 

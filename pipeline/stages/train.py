@@ -29,14 +29,21 @@ def worker_config(ctx: StageContext, data_uri: Path | str, train_overrides: dict
                                train_overrides)
 
 
-def check_gpu_request(use_gpu: bool, num_workers: int) -> None:
-    """Fail early, in one line, when GPUs are asked for and the cluster has too few."""
+def check_resources(config: WorkerConfig) -> None:
+    """Fail early, in one line, when the cluster cannot run the workers: too few GPUs, or, with the Ray Data
+    reader, no CPU left beside the workers for Ray Data's read tasks (the run would wait forever)."""
     import ray
 
-    if use_gpu and ray.cluster_resources().get("GPU", 0) < num_workers:
-        have = int(ray.cluster_resources().get("GPU", 0))
-        raise UserError(f"train.use_gpu is true but the Ray cluster has {have} GPU(s) for {num_workers} "
-                        "worker(s): set train.use_gpu=false or submit to a GPU cluster")
+    cfg, have = config.train, ray.cluster_resources()
+    if cfg.use_gpu and have.get("GPU", 0) < cfg.num_workers:
+        raise UserError(f"train.use_gpu is true but the Ray cluster has {int(have.get('GPU', 0))} GPU(s) for "
+                        f"{cfg.num_workers} worker(s): set train.use_gpu=false or submit to a GPU cluster")
+    if config.reader == "ray_data":
+        taken = cfg.num_workers * (cfg.resources_per_worker or {"CPU": cfg.threads_per_worker}).get("CPU", 0)
+        if have.get("CPU", 0) - taken < 1:
+            raise UserError(f"data.reader=ray_data: the {cfg.num_workers} Train workers take {taken:g} of the "
+                            f"cluster's {have.get('CPU', 0):g} CPUs, leaving none for Ray Data's read tasks; "
+                            "lower train.threads_per_worker or train.resources_per_worker, or use data.reader=local")
 
 
 def failure_line(error: BaseException) -> str:
@@ -50,7 +57,7 @@ def failure_line(error: BaseException) -> str:
 
 def fit_and_collect(ctx: StageContext, config: WorkerConfig, run_name: str, out_dir: Path) -> dict:
     """Run the TorchTrainer, copy its final checkpoint to out_dir, and return the final metrics."""
-    check_gpu_request(config.train.use_gpu, config.train.num_workers)
+    check_resources(config)
     storage = ctx.ray_storage()
     if ctx.forced:  # a run with the same name would resume from its latest checkpoint
         Location(join(storage, run_name)).delete()
