@@ -16,9 +16,11 @@ from components.data.reader import SplitTensors, load_split
 from components.data.shards import read_manifest
 from components.evaluation_config import EvaluateConfig
 from components.metrics import QUALITY_METRICS
+from components.metrics.autoencoder import cached_autoencoder, encode, reconstruction_mse
 from components.metrics.classifier import cached_classifier, predict
 from components.metrics.robustness import classifier_robustness, d_robustness, g_robustness
-from components.plots import bar_chart, class_sample_grid, nearest_neighbour_grid, robustness_figure
+from components.plots import (bar_chart, class_sample_grid, labelled_class_rows, nearest_neighbour_grid,
+                              robustness_figure)
 
 EVALUATION_SCHEMA_VERSION = 1
 
@@ -57,15 +59,44 @@ def undefined_class_notes(result: dict, names: list[str], train_counts: list[int
 
 
 def write_per_class_csv(path: Path, result: dict, names: list[str], train_counts: list[int]) -> None:
-    """class, name, train_count, generated_share, recall, intra_class_fcd (empty when undefined), note."""
+    """class, name, train_count, generated_share, recall, intra_class_fcd, intra_class_fd_ae, diversity (the
+    autoencoder's), diversity_pixel (empty cells: undefined), note."""
+    def cell(value: float) -> str:
+        return "" if math.isnan(value) else f"{value:.4f}"
+
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["class", "name", "train_count", "generated_share", "recall", "intra_class_fcd", "note"])
+        out.writerow(["class", "name", "train_count", "generated_share", "recall", "intra_class_fcd",
+                      "intra_class_fd_ae", "diversity", "diversity_pixel", "note"])
         for c, name in enumerate(names):
             fcd = result[f"fcd_class_{c}"]
             note = "" if not math.isnan(fcd) else f"intra-class FCD undefined: {train_counts[c]} training image(s)"
             out.writerow([c, name, train_counts[c], f"{result[f'share_class_{c}']:.4f}",
-                          f"{result[f'recall_class_{c}']:.4f}", "" if math.isnan(fcd) else f"{fcd:.4f}", note])
+                          f"{result[f'recall_class_{c}']:.4f}", cell(fcd), cell(result[f"fd_ae_class_{c}"]),
+                          cell(result[f"diversity_class_{c}"]), cell(result[f"diversity_pixel_class_{c}"]), note])
+
+
+def autoencoder_space(ae, train_x: torch.Tensor, train_labels: torch.Tensor, held_x: torch.Tensor, fake: torch.Tensor,
+                      y_req: torch.Tensor, train_shares: np.ndarray, n_classes: int, k: int) -> dict[str, float]:
+    """The classifier-space metrics again in the autoencoder's space (`*_ae`, `fd_ae_*`), which keeps the
+    variation within a class, and within-class diversity there (`diversity_*`) and in pixels
+    (`diversity_pixel_*`)."""
+    a_train, a_held, a_fake = (encode(ae, x).numpy().astype(np.float64) for x in (train_x, held_x, fake))
+    labels, requested = train_labels.numpy(), y_req.numpy()
+    fd = QUALITY_METRICS["frechet_distance"]
+    out = {"fd_ae": fd(a_fake, a_train)["fd"], "fd_ae_real_vs_real": fd(a_held, a_train)["fd"],
+           "fd_ae_class_matched": QUALITY_METRICS["class_reweighted_frechet_distance"](
+               a_fake, requested, train_shares, a_train)["fd"],
+           "ae_reconstruction_mse": reconstruction_mse(ae, held_x)}
+    for key in ("fd_ae", "fd_ae_class_matched"):
+        out[f"{key}_ratio"] = out[key] / max(out["fd_ae_real_vs_real"], 1e-9)
+    prdc = QUALITY_METRICS["precision_recall_density_coverage"](a_train, a_fake, k)
+    out.update({f"{name}_ae": value for name, value in prdc.items()})
+    out.update(QUALITY_METRICS["intra_class_fd"](a_train, labels, a_fake, requested, n_classes, prefix="fd_ae"))
+    out.update(QUALITY_METRICS["diversity_ratios"](a_fake, requested, a_train, labels, n_classes))
+    out.update(QUALITY_METRICS["diversity_ratios"](fake.flatten(1).numpy(), requested, train_x.flatten(1).numpy(),
+                                                   labels, n_classes, prefix="diversity_pixel"))
+    return out
 
 
 def load_heldout(data_dir: Path, manifest: dict) -> SplitTensors:
@@ -75,7 +106,7 @@ def load_heldout(data_dir: Path, manifest: dict) -> SplitTensors:
 
 
 OUTPUT_FILES = ("evaluation.json", "per_class.csv", "samples.png", "generated_classes.png", "robustness_curves.png",
-                "nearest_neighbours.png")
+                "nearest_neighbours.png", "diversity.png")
 
 
 def standard_fid(ec, fake: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
@@ -152,10 +183,14 @@ def evaluate_models(G, D, data_dir: Path, ec: EvaluateConfig, cache_dir: Path, o
     result.update(QUALITY_METRICS["precision_recall_density_coverage"](f_train.numpy(), f_fake.numpy(), ec.nn_k))
     result.update(QUALITY_METRICS["intra_class_fd"](f_train.numpy(), train.labels.numpy(), f_fake.numpy(),
                                                     y_req.numpy(), n_classes))
+    # Section: the autoencoder's space, which keeps the variation within a class that the classifier's
+    # features are trained to ignore, and within-class diversity there and in pixels.
+    ae = cached_autoencoder(cache_dir, manifest["digest"], train, n_classes, ec.autoencoder_steps, ec.seed)
+    result.update(autoencoder_space(ae, train_x, train.labels, held_x, fake, y_req, train_shares, n_classes, ec.nn_k))
     # Section: head vs tail (most frequent third vs rarest third): the headline imbalance numbers.
     head, tail = head_and_tail(manifest["class_counts"]["train"])
-    result.update(QUALITY_METRICS["head_tail_gap"](result, "recall", head, tail))
-    result.update(QUALITY_METRICS["head_tail_gap"](result, "fcd", head, tail))
+    for metric in ("recall", "fcd", "fd_ae", "diversity", "diversity_pixel"):
+        result.update(QUALITY_METRICS["head_tail_gap"](result, metric, head, tail))
     result.update(head_classes=head, tail_classes=tail)
     result["notes"] = undefined_class_notes(result, names, manifest["class_counts"]["train"], ec.samples_per_class)
 
@@ -186,12 +221,19 @@ def evaluate_models(G, D, data_dir: Path, ec: EvaluateConfig, cache_dir: Path, o
     z8 = torch.randn(8, G.z_dim, generator=torch.Generator().manual_seed(1234))
     class_sample_grid(G, n_classes, z8).save(out_dir / "samples.png")
     nearest_neighbour_grid(fake, y_req, train_x, n_classes).save(out_dir / "nearest_neighbours.png")
+    captions = [f"{names[c][:12]}  {result[f'diversity_class_{c}']:.2f} / {result[f'diversity_pixel_class_{c}']:.2f}"
+                for c in range(n_classes)]
+    labelled_class_rows([fake[y_req == c][:8] for c in range(n_classes)], 8, captions).save(out_dir / "diversity.png")
     hist = np.bincount(p_fake.numpy(), minlength=n_classes).tolist()
     bar_chart({"generated (evaluator's labels)": hist}, names, "Generated class histogram", "samples") \
         .savefig(out_dir / "generated_classes.png", dpi=100)
     print(f"  evaluate: KID {result['kid']:.4f}, precision {result['precision']:.3f} recall {result['recall']:.3f} "
           f"density {result['density']:.3f} coverage {result['coverage']:.3f}; tail/head intra-class FCD "
           f"{result['tail_head_fcd_ratio']:.2f}, tail-head recall gap {result['tail_head_recall_gap']:+.3f}", flush=True)
+    print(f"  evaluate: within-class diversity (generated ÷ real spread, 1 = as varied as the data): "
+          f"{result['diversity_mean']:.2f} in autoencoder features (head {result['head_diversity']:.2f}, tail "
+          f"{result['tail_diversity']:.2f}), {result['diversity_pixel_mean']:.2f} in pixels; autoencoder FD "
+          f"class-matched {result['fd_ae_class_matched_ratio']:.2f}x real-vs-real", flush=True)
     for note in result["notes"]:
         print(f"  evaluate: note: {note}", flush=True)
     print(f"  evaluate: nearest-training-image distance ÷ held-out's {result['nn_distance_ratio_pixel']:.2f} (pixels), "

@@ -13,6 +13,8 @@ class EvaluateConfig(Section):
 
     samples_per_class: int = Field(100, ge=2, description="Generated samples per class.")
     classifier_steps: int = Field(600, ge=1, description="Training steps of the evaluator CNN.")
+    autoencoder_steps: int = Field(400, ge=1, description="Training steps of the feature autoencoder, whose "
+                                                          "space keeps the variation within a class.")
     fgsm_eps: float = Field(0.05, ge=0.0, description="L-inf budget (on [-1, 1] images) of the headline numbers.")
     robustness_eps: list[float] = Field([0.02, 0.05, 0.1], description="L-inf budgets of the robustness curves.")
     pgd_steps: int = Field(10, ge=1, description="PGD iterations.")

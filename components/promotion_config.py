@@ -22,5 +22,10 @@ class GatesConfig(Section):
     max_copy_share: float | None = Field(0.2, ge=0.0, le=1.0, description=(
         "Maximum share of samples nearer to a training image (evaluator features) than the nearest 5% of "
         "held-out images are; about 0.05 without copying, 1.0 for a generator that memorised its data."))
+    min_diversity_ratio: float | None = Field(None, ge=0.0, description=(
+        "Minimum mean within-class diversity (generated ÷ real spread in autoencoder features): about 1 when "
+        "each class varies like its data, towards 0 when a class collapses to one image."))
+    min_tail_diversity_ratio: float | None = Field(None, ge=0.0, description=(
+        "Minimum within-class diversity of the rarest third of the classes."))
     require_no_divergence: bool = Field(True, description="Training must not have diverged.")
     min_improvement: float = Field(0.0, ge=0.0, description="Must beat the champion's FCD by this margin.")

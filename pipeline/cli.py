@@ -258,6 +258,9 @@ def print_summary(s: dict) -> None:
     print(f"aliases             : {', '.join(s['aliases']) or 'none'} (promoted: {s['promoted']})")
     print(f"FCD                 : {m['fcd']:.2f} (real vs real {m['fcd_real_vs_real']:.2f}, ratio {m['fcd_ratio']:.1f}x)")
     print(f"class KL / recall   : {m['class_kl']:.4f} / {m['recall_mean']:.3f} ({m['classes_covered']:.0f} classes covered)")
+    if "diversity_mean" in m:
+        print(f"diversity ratio     : {m['diversity_mean']:.2f} autoencoder (tail {m['tail_diversity']:.2f}), "
+              f"{m['diversity_pixel_mean']:.2f} pixels; 1 = as varied as the data, 0 = one image per class")
     print(f"D accuracy          : clean {m['d_clean_accuracy']:.3f}, under FGSM {m['d_fgsm_accuracy']:.3f}")
     uri = redact(s["tracking_uri"])
     print(f"report              : {s['report']}")

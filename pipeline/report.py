@@ -71,7 +71,10 @@ def build_html(sources: dict[str, Path], title: str) -> str:
                  for s, counts in manifest.get("class_counts", {}).items()]
     headline = [{"metric": k, "value": evaluation[k]} for k in
                 ("fcd", "fcd_real_vs_real", "fcd_ratio", "kid", "precision", "recall", "density", "coverage",
-                 "class_kl", "recall_mean", "head_recall", "tail_recall", "tail_head_fcd_ratio", "classes_covered", "d_clean_accuracy", "d_fgsm_accuracy", "d_pgd_accuracy", "g_amplification",
+                 "class_kl", "recall_mean", "head_recall", "tail_recall", "tail_head_fcd_ratio", "classes_covered",
+                 "fd_ae_class_matched_ratio", "precision_ae", "recall_ae", "coverage_ae", "diversity_mean",
+                 "head_diversity", "tail_diversity", "diversity_pixel_mean",
+                 "d_clean_accuracy", "d_fgsm_accuracy", "d_pgd_accuracy", "g_amplification",
                  "g_label_flip_rate", "classifier_val_accuracy")
                 if k in evaluation]
     gates = promotion.get("gates", [])
@@ -94,7 +97,9 @@ def build_html(sources: dict[str, Path], title: str) -> str:
         "<h2>Evaluation</h2>", _table(headline),
         *(f"<p class='note'>Note: {html.escape(note)}</p>" for note in evaluation.get("notes", [])),
         _table(_csv(sources.get("evaluate"), "per_class.csv")),
-        "<div class='imgs'>", _img(sources.get("evaluate"), "samples.png", "generated samples, one row per class"),
+        "<div class='imgs'>", _img(sources.get("evaluate"), "diversity.png",
+                                   "generated samples per class, with diversity (autoencoder / pixels)"),
+        _img(sources.get("evaluate"), "samples.png", "generated samples, one row per class"),
         _img(sources.get("evaluate"), "generated_classes.png", "generated class histogram"),
         _img(sources.get("evaluate"), "robustness_curves.png", "robustness under attack"), "</div>",
         "<h2>Promotion</h2>",

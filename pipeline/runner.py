@@ -279,5 +279,7 @@ def _summary(uris: dict[str, str], records: dict, tracking_uri: str, parent_id: 
         "aliases": promotion["aliases"],
         "promoted": promotion["promoted"],
         "metrics": {k: evaluation[k] for k in ("fcd", "fcd_real_vs_real", "fcd_ratio", "class_kl", "recall_mean",
-                                                "classes_covered", "d_clean_accuracy", "d_fgsm_accuracy")},
+                                                "classes_covered", "d_clean_accuracy", "d_fgsm_accuracy",
+                                                "diversity_mean", "tail_diversity", "diversity_pixel_mean")
+                    if k in evaluation},
     }

@@ -259,3 +259,15 @@ def test_two_concurrent_promotions_leave_one_consistent_history(registry):
     champion = alias_version(client, name, CHAMPION)
     assert alias_version(client, name, PREVIOUS) == client.get_model_version(name, champion).tags["promotion.replaced"]
     assert decisions[v1]["previous_champion"] == v0 and decisions[v2]["previous_champion"] == v1
+
+
+def test_diversity_gates_reject_a_class_collapsed_generator():
+    gates = GatesConfig(max_fcd_ratio=None, max_class_kl=None, min_tail_recall=None, max_copy_share=None,
+                        require_no_divergence=False, min_diversity_ratio=0.5, min_tail_diversity_ratio=0.4)
+    varied = {"diversity_mean": 0.8, "tail_diversity": 0.7}
+    collapsed = {"diversity_mean": 0.2, "tail_diversity": 0.05}
+    tail_only = {"diversity_mean": 0.7, "tail_diversity": 0.1}
+    assert [r["passed"] for r in check_gates(varied, gates, None)] == [True, True]
+    assert [r["passed"] for r in check_gates(collapsed, gates, None)] == [False, False]
+    assert [r["passed"] for r in check_gates(tail_only, gates, None)] == [True, False]
+    assert [r["passed"] for r in check_gates({}, gates, None)] == [False, False]  # unmeasured fails too

@@ -132,4 +132,4 @@ def test_shards_are_dealt_out_evenly_and_in_order():
     ranges = [plan.shards_of(t) for t in range(plan.tasks)]
     assert [k for r in ranges for k in r] == list(range(101))
     assert {len(r) for r in ranges} == {6, 7}
-    assert task_count(101, 2) == 16 and task_count(3, 2) == 3 and task_count(0, 2) == 1
+    assert task_count(101, 2) == 8 and task_count(3, 2) == 3 and task_count(0, 2) == 1

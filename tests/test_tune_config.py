@@ -102,7 +102,13 @@ def test_optuna_missing_is_a_user_error(monkeypatch):
 
 class _State:
     def __init__(self, G, trace, diverged=False):
+        from types import SimpleNamespace
+
+        from components.data.reader import SplitTensors
+
         self.G_ema, self.trace, self.diverged = G, trace, diverged
+        images = torch.randint(0, 256, (40, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        self.sampler = SimpleNamespace(data=SplitTensors(images, torch.arange(40) % 10))
 
 
 def test_trial_scorer_adds_mode_coverage_and_is_inf_on_divergence(tmp_path):
@@ -117,11 +123,13 @@ def test_trial_scorer_adds_mode_coverage_and_is_inf_on_divergence(tmp_path):
     spec = ScoringSpec.model_validate({"window": 5, "divergence_bound": 1e4, "per_class": 4, "evaluator": str(tmp_path / "clf.pt"),
             "real_features": str(tmp_path / "real.npy"),
             "weights": {"oscillation": 1, "balance": 1, "grad_spikes": 1, "r_target": 0.6, "class_kl": 1,
-                        "coverage": 1, "fcd": 1}})
+                        "coverage": 1, "fcd": 1, "collapse": 1}})
     trace = {k: [0.5] * 10 for k in ("d_loss", "g_loss", "grad_norm_d", "grad_norm_g", "d_sign_real")}
     scores = TrialScorer(spec, 1, 32, 10)(_State(Generator(1, 32, 10, base=4, z_dim=8).eval(), trace))
-    assert {"class_kl", "classes_covered", "uncovered_share", "fcd"} <= set(scores)
-    expected = (0.0 + abs(0.5 - 0.6) + 0.0 + scores["class_kl"] + scores["uncovered_share"] + scores["fcd"] / 100)
+    assert {"class_kl", "classes_covered", "uncovered_share", "fcd", "collapse", "diversity_pixel_mean"} <= set(scores)
+    assert 0.0 <= scores["collapse"] <= 1.0 and scores["diversity_pixel_mean"] > 0
+    expected = (0.0 + abs(0.5 - 0.6) + 0.0 + scores["class_kl"] + scores["uncovered_share"] + scores["fcd"] / 100
+                + scores["collapse"])
     assert scores["stability_score"] == pytest.approx(expected)
     trace["d_loss"][-1] = math.nan
     assert TrialScorer(spec, 1, 32, 10)(_State(None, trace, diverged=True))["stability_score"] == math.inf

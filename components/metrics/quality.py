@@ -6,6 +6,8 @@ import math
 import numpy as np
 from scipy import linalg
 
+from components.metrics.diversity import diversity_ratios
+
 
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> dict[str, float]:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two (N, F) feature sets; NaN when either
@@ -198,4 +200,5 @@ QUALITY_METRICS = {
     "intra_class_fd": intra_class_fd,
     "nearest_neighbour_memorisation": nearest_neighbour_memorisation,
     "head_tail_gap": head_tail_gap,
+    "diversity_ratios": diversity_ratios,
 }

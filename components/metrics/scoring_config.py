@@ -17,6 +17,8 @@ class StabilityWeights(Section):
     class_kl: float = Field(1.0, ge=0.0, description="Weight of KL(generated class histogram || target).")
     coverage: float = Field(1.0, ge=0.0, description="Weight of the share of classes not covered.")
     fcd: float = Field(0.0, ge=0.0, description="Weight of FCD/100 (optional quality term; 0 leaves it out).")
+    collapse: float = Field(1.0, ge=0.0, description="Weight of within-class collapse: the mean over classes of "
+                                                     "max(0, 1 - pixel diversity ratio) of the scored samples.")
 
 
 class ScoringSpec(Section):

@@ -6,6 +6,7 @@ stability_score = w_osc * (std(d_loss) + std(g_loss)) over the trailing window
                 + w_kl  * KL(generated class histogram || target)      } from the evaluator classifier on a
                 + w_cov * (1 - classes covered / classes)               } fixed batch of samples, when given
                 + w_fcd * FCD(generated, real) / 100                    } (optional quality term, off by default)
+                + w_col * mean over classes of max(0, 1 - diversity ratio) } within-class collapse, in pixels
                 = inf if the run diverged.
 Lower is better. Every component is reported on its own next to the score.
 """
@@ -89,7 +90,7 @@ def mode_terms(class_hist: dict[str, float], num_classes: int, fcd: float | None
 def stability_score(trace: dict[str, list[float]], window: int, w_osc: float = 1.0, w_bal: float = 1.0,
                     w_spk: float = 1.0, r_target: float = 0.6, bound: float = 1e4,
                     modes: dict[str, float] | None = None, w_kl: float = 1.0, w_cov: float = 1.0,
-                    w_fcd: float = 0.0) -> dict[str, float]:
+                    w_fcd: float = 0.0, w_collapse: float = 0.0) -> dict[str, float]:
     """All stability components plus `stability_score` (inf, never NaN, if diverged).
 
     modes: `mode_terms` output for the current generator; without it the coverage terms are left out."""
@@ -100,5 +101,6 @@ def stability_score(trace: dict[str, list[float]], window: int, w_osc: float = 1
     score = (w_osc * (parts["d_loss_std"] + parts["g_loss_std"]) + w_bal * parts["r_t_gap"]
              + w_spk * parts["grad_spike_rate"])
     if modes:
-        score += w_kl * modes["class_kl"] + w_cov * modes["uncovered_share"] + w_fcd * modes.get("fcd", 0.0) / 100
+        score += (w_kl * modes["class_kl"] + w_cov * modes["uncovered_share"] + w_fcd * modes.get("fcd", 0.0) / 100
+                  + w_collapse * modes.get("collapse", 0.0))
     return {**parts, "stability_score": float(score) if math.isfinite(score) else math.inf}
