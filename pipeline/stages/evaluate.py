@@ -1,7 +1,7 @@
 """evaluate: sample quality, per-class (minority) metrics and D robustness of the candidate generator.
 
 Reads:  prepare's data/, tune's candidate/checkpoint.pt.
-Writes: evaluation.json (schema-versioned; promote reads it), per_class.csv, samples.png,
+Writes: evaluation.json (schema-versioned; promote reads it), per_class.csv, samples.png, diversity.png,
         generated_classes.png, robustness_curves.png, nearest_neighbours.png; logs the candidate as an MLflow
         LoggedModel of this stage's run with the evaluation metrics linked to it (promote registers it). Its id
         stays out of the output files, which must depend only on what was measured.
