@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from components.config_base import Section
 
@@ -28,6 +28,12 @@ class LossConfig(Section):
     instance_noise_steps: int = Field(1000, ge=1, description="Steps over which instance noise decays to 0.")
     diffaugment: list[Literal["translation", "cutout", "color"]] = Field(
         default_factory=list, description="DiffAugment policy applied to every D input (real and fake).")
+    ada_target: float | None = Field(
+        None, gt=-1.0, lt=1.0, description="Adaptive augmentation (StyleGAN2-ADA): each D input is augmented with "
+                                           "probability p, and p follows r_t = E[sign D(real)] towards this target "
+                                           "(0.6 in the paper); null augments every input.")
+    ada_kimg: float = Field(20.0, gt=0.0, description="Thousands of images over which p can move from 0 to 1.")
+    ada_interval: int = Field(4, ge=1, description="Steps between adjustments of p.")
     adv_train_eps: float = Field(
         0.0, ge=0.0, description="Adversarial training of D: L-inf PGD budget on [-1, 1] images; 0 disables.")
     adv_train_steps: int = Field(3, ge=1, description="PGD steps of adversarial training.")
@@ -37,3 +43,10 @@ class LossConfig(Section):
     @property
     def effective_gp_lambda(self) -> float:
         return self.gp_lambda if self.gp_lambda is not None else (10.0 if self.objective == "wgan_gp" else 0.0)
+
+    @model_validator(mode="after")
+    def _ada_needs_a_policy(self) -> "LossConfig":
+        if self.ada_target is not None and not self.diffaugment:
+            raise ValueError("ada_target: adaptive augmentation adjusts how often the DiffAugment policy applies; "
+                             "set loss.diffaugment (e.g. [translation, cutout, color]) or loss.ada_target: null")
+        return self

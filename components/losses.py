@@ -59,7 +59,8 @@ class Batch:
     """One step's inputs: real x (B,C,H,W), labels y (B,), weights w (B,), noise z (B',Z), labels y_fake (B'),
     and eps (B,Z), the reparameterisation noise of the encoder's posterior (None: drawn inside G).
 
-    The loop's schedule rides along: the current instance-noise std and whether lazy R1 is due."""
+    The loop's schedule rides along: the current instance-noise std, whether lazy R1 is due, and the
+    adaptive augmentation probability (None: augment every input)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -69,6 +70,7 @@ class Batch:
     eps: torch.Tensor | None = None
     noise_std: float = 0.0
     r1_due: bool = False
+    aug_p: torch.Tensor | None = None
 
 
 class GANLoss:
@@ -87,10 +89,10 @@ class GANLoss:
     def load_state_dict(self, anchors: dict) -> None:
         self.anchors = {k: float(v) for k, v in anchors.items()}
 
-    def _d_view(self, images: torch.Tensor, noise_std: float) -> torch.Tensor:
+    def _d_view(self, images: torch.Tensor, noise_std: float, aug_p: torch.Tensor | None = None) -> torch.Tensor:
         """What D sees: instance noise, then the DiffAugment policy (both differentiable)."""
         images = regularizers.add_instance_noise(images, noise_std)
-        return regularizers.diff_augment(images, self.cfg.diffaugment) if self.cfg.diffaugment else images
+        return regularizers.diff_augment(images, self.cfg.diffaugment, aug_p) if self.cfg.diffaugment else images
 
     def d_loss(self, G, D, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """D on cat(real, fake[, interpolates]) in one forward: one BN pass and one DDP buffer broadcast, no
@@ -103,7 +105,7 @@ class GANLoss:
             x_real, fake = self._adversarial_inputs(D, x_real, batch.y, fake, batch.y_fake)
         r1 = cfg.r1_gamma > 0 and batch.r1_due
         x_real = x_real.detach().requires_grad_(True) if r1 else x_real
-        inputs, labels = [self._d_view(torch.cat([x_real, fake]), batch.noise_std)], [batch.y, batch.y_fake]
+        inputs, labels = [self._d_view(torch.cat([x_real, fake]), batch.noise_std, batch.aug_p)], [batch.y, batch.y_fake]
         gp_lambda = cfg.effective_gp_lambda
         if gp_lambda > 0:
             alpha = torch.rand(len(batch.x), device=batch.x.device)
@@ -177,7 +179,7 @@ class GANLoss:
         (+ lambda_ac * class cross-entropy of the samples for an auxiliary-classifier D)."""
         cfg = self.cfg
         rec, fake, mu, logvar = G(batch.x, batch.y, batch.z, batch.y_fake, batch.eps)
-        logits, class_logits = _d_forward(D, self._d_view(torch.cat([rec, fake]), batch.noise_std),
+        logits, class_logits = _d_forward(D, self._d_view(torch.cat([rec, fake]), batch.noise_std, batch.aug_p),
                                           torch.cat([batch.y, batch.y_fake]))
         rec_l, fake_l = logits.split([len(rec), len(fake)])
         adv = 0.5 * (_wmean(g_adversarial(cfg.objective, rec_l), batch.w)

@@ -84,9 +84,24 @@ def cutout(x: torch.Tensor, centre_b2: torch.Tensor, size: int) -> torch.Tensor:
     return x * (~inside).unsqueeze(1).to(x.dtype)
 
 
-def diff_augment(x: torch.Tensor, policy: list[str] | tuple[str, ...], translation_ratio: float = 0.125,
-                 cutout_ratio: float = 0.5) -> torch.Tensor:
-    """Apply the policy's random transforms, drawn per sample from the global (per-rank seeded) RNG."""
+def diff_augment(x: torch.Tensor, policy: list[str] | tuple[str, ...], p: torch.Tensor | float | None = None,
+                 translation_ratio: float = 0.125, cutout_ratio: float = 0.5) -> torch.Tensor:
+    """Apply the policy's random transforms, drawn per sample from the global (per-rank seeded) RNG; with
+    `p`, each sample keeps its transforms with probability p and is left as it was otherwise (ADA)."""
+    if p is None:
+        return _transform(x, policy, translation_ratio, cutout_ratio)
+    augmented = _transform(x, policy, translation_ratio, cutout_ratio)
+    keep = torch.rand(len(x), device=x.device) < p
+    return torch.where(keep.view(-1, 1, 1, 1), augmented, x)
+
+
+def ada_adjust(p: torch.Tensor, mean_sign: torch.Tensor, target: float, step: float) -> torch.Tensor:
+    """StyleGAN2-ADA's controller: p moves up by `step` when D is overconfident on real data (the mean of
+    sign D(real) above target), down otherwise, within [0, 1]. Tensors in, tensor out: no host sync."""
+    return (p + torch.sign(mean_sign - target) * step).clamp(0.0, 1.0)
+
+
+def _transform(x: torch.Tensor, policy, translation_ratio: float, cutout_ratio: float) -> torch.Tensor:
     b, _, h, w = x.shape
     dev = x.device
     for name in policy:

@@ -34,6 +34,7 @@ def test_override_sets_nested_value():
     ("train: {compile: default}\nloss: {r1_gamma: 1.0}", "train.compile: default cannot compile the double"),
     ("train: {compile: reduce-overhead}", "train.compile: reduce-overhead records CUDA graphs"),
     ("train: {sync: sometimes}", "train.sync"),
+    ("loss: {ada_target: 0.6}", "loss.ada_target: adaptive augmentation adjusts"),
 ])
 def test_bad_config_names_the_dotted_key(tmp_path, text, needle):
     with pytest.raises(UserError, match=needle.replace(".", r"\.")):

@@ -197,3 +197,25 @@ def test_instance_noise_and_diffaugment_change_what_d_sees():
     noisy, _ = GANLoss(LossConfig()).d_loss(G, D, _batch(noise_std=0.5))
     augmented, _ = GANLoss(LossConfig(diffaugment=["translation", "cutout", "color"])).d_loss(G, D, _batch())
     assert not torch.isclose(plain, noisy) and not torch.isclose(plain, augmented)
+
+
+def test_adaptive_augmentation_applies_the_policy_with_probability_p():
+    x = torch.randn(64, 1, 16, 16)
+    torch.manual_seed(0)
+    full = R.diff_augment(x, ["translation", "cutout"])
+    torch.manual_seed(0)
+    assert torch.equal(R.diff_augment(x, ["translation", "cutout"], p=1.0), full)  # transforms drawn first
+    assert torch.equal(R.diff_augment(x, ["translation", "cutout"], p=0.0), x)
+    torch.manual_seed(0)
+    half = R.diff_augment(x, ["translation", "cutout"], p=torch.tensor(0.5, dtype=torch.float64))
+    changed = (half != x).flatten(1).any(1)
+    assert 16 < int(changed.sum()) < 48 and torch.equal(half[changed], full[changed])
+
+
+def test_the_ada_controller_moves_p_towards_the_target_within_0_and_1():
+    p = torch.tensor(0.5, dtype=torch.float64)
+    assert float(R.ada_adjust(p, torch.tensor(0.9), 0.6, 0.1)) == pytest.approx(0.6)  # D overconfident: more
+    assert float(R.ada_adjust(p, torch.tensor(0.2), 0.6, 0.1)) == pytest.approx(0.4)  # less
+    assert float(R.ada_adjust(torch.tensor(0.95, dtype=torch.float64), torch.tensor(1.0), 0.6, 0.1)) == 1.0
+    assert float(R.ada_adjust(torch.tensor(0.05, dtype=torch.float64), torch.tensor(-1.0), 0.6, 0.1)) == 0.0
+

@@ -137,7 +137,8 @@ REGULARISED = {"r1_gamma": 1.0, "r1_every": 2, "lecam_lambda": 0.1, "instance_no
     (REGULARISED, {"d_conditioning": "auxiliary"}, {}),
     ({"objective": "wgan_gp"}, {"d_norm": "none"}, {"d_steps_per_g": 2}),
     ({}, {}, {"precision": "fp16", "channels_last": True}),
-], ids=["regularised-acgan", "wgan-gp", "fp16-channels-last"])
+    ({"diffaugment": "[translation,color]", "ada_target": -0.5, "ada_kimg": 0.1, "ada_interval": 2}, {}, {}),
+], ids=["regularised-acgan", "wgan-gp", "fp16-channels-last", "adaptive-augmentation"])
 def test_regularised_runs_resume_bit_identically(data_dir, tmp_path, loss, model, train):
     """Lecam anchors, the GradScaler and the global RNG (augmentation, noise, GP alphas) all come back."""
     config = smoke_loop_config(data_dir, loss=loss, model=model, **train)
@@ -157,6 +158,10 @@ def test_regularised_runs_resume_bit_identically(data_dir, tmp_path, loss, model
         assert torch.equal(a, b)
     assert straight.trace["g_loss"] == resumed.trace["g_loss"]
     assert resumed_loss.anchors == straight_loss.anchors
+    assert resumed.trace.get("ada_p") == straight.trace.get("ada_p")
+    if straight.ada_p is not None:  # ADA's p and its running sum came back too, and p moved
+        assert torch.equal(resumed.ada_p, straight.ada_p) and torch.equal(resumed.ada_sign_sum, straight.ada_sign_sum)
+        assert 0 < float(straight.ada_p) <= 1
     if cfg.precision == "fp16":
         assert straight.scaler.get_scale() == resumed.scaler.get_scale()
 
@@ -211,3 +216,15 @@ def test_a_compiled_step_trains_like_the_eager_one_and_saves_the_same_checkpoint
     restore_state(restarted, load_checkpoint(tmp_path))  # an eager run resumes a compiled one's checkpoint
     for a, b in zip(compiled.G.state_dict().values(), restarted.G.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_adaptive_augmentation_raises_p_while_d_is_more_confident_than_the_target(data_dir):
+    """With a target below any r_t a real D reaches, p rises by batch * interval / (kimg * 1000) at every
+    adjustment until it reaches 1; each step logs the p it trained with."""
+    loss = {"diffaugment": "[translation]", "ada_target": -0.99, "ada_kimg": 0.2, "ada_interval": 2}
+    state, cfg, gan_loss = fresh_state(smoke_loop_config(data_dir, loss=loss))
+    train_steps(state, gan_loss, cfg, 8)
+    step = cfg.batch_size * 2 / 200
+    expected = [min(1.0, step * (i // 2)) for i in range(8)]
+    assert state.trace["ada_p"] == pytest.approx(expected, abs=1e-6)
+

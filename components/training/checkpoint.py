@@ -48,6 +48,8 @@ def state_to_dict(state: GanState, resolved_config: dict, loss=None,
         "rng": {"noise": state.noise.get_state(), "ranks": rank_rngs or [rank_rng_state(state)]},
         "scaler": state.scaler.state_dict() if state.scaler is not None else {},
         "loss": loss.state_dict() if loss is not None else {},
+        "ada": {} if state.ada_p is None else {"p": float(state.ada_p), "sign_sum": float(state.ada_sign_sum),
+                                                "count": state.ada_count},
         "trace": {k: torch.tensor(v, dtype=torch.float64) for k, v in state.trace.items()},
         "config_json": json.dumps(resolved_config, sort_keys=True),
         "shape": {"channels": state.G_ema.channels, "resolution": state.G_ema.resolution,
@@ -113,6 +115,10 @@ def restore_state(state: GanState, ckpt: dict, loss=None) -> None:
         state.scaler.load_state_dict(ckpt["scaler"])
     if loss is not None and ckpt.get("loss"):
         loss.load_state_dict(ckpt["loss"])
+    if ckpt.get("ada"):
+        as_tensor = lambda v: torch.tensor(v, dtype=torch.float64, device=state.device)  # noqa: E731
+        state.ada_p, state.ada_sign_sum = as_tensor(ckpt["ada"]["p"]), as_tensor(ckpt["ada"]["sign_sum"])
+        state.ada_count = int(ckpt["ada"]["count"])
     state.trace = {k: v.tolist() for k, v in ckpt["trace"].items()}
 
 

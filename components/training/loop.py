@@ -118,10 +118,27 @@ def _backward_and_step(loss_value: torch.Tensor, opt: torch.optim.Optimizer, mod
 
 
 def _schedule(state: GanState, loss: GANLoss, d_step: int) -> dict:
-    """This D step's instance-noise std and whether lazy R1 is due (the loop owns the schedule)."""
+    """This D step's instance-noise std, whether lazy R1 is due, and the augmentation probability (the loop
+    owns the schedule)."""
     lc = loss.cfg
     return {"noise_std": regularizers.instance_noise_std(lc.instance_noise, lc.instance_noise_steps, state.step),
-            "r1_due": d_step % lc.r1_every == 0}
+            "r1_due": d_step % lc.r1_every == 0, "aug_p": state.ada_p}
+
+
+def _adapt_augmentation(state: GanState, loss: GANLoss, cfg: TrainConfig) -> None:
+    """ADA's controller, on the device: every `ada_interval` steps, move p by batch * interval / (ada_kimg *
+    1000) so that r_t, the mean of sign D(real) over the D steps since the last move, heads for `ada_target`.
+    Every rank takes the same D steps, so pooling the ranks' sums keeps one p on all of them."""
+    lc = loss.cfg
+    if (state.step + 1) % lc.ada_interval:
+        return
+    total = state.ada_sign_sum
+    if _world() > 1:
+        total = total.clone()
+        dist.all_reduce(total)
+    step = cfg.batch_size * lc.ada_interval / (lc.ada_kimg * 1000)
+    state.ada_p = regularizers.ada_adjust(state.ada_p, total / (state.ada_count * _world()), lc.ada_target, step)
+    state.ada_sign_sum, state.ada_count = torch.zeros_like(state.ada_sign_sum), 0
 
 
 def one_step(state: GanState, loss: GANLoss, cfg: TrainConfig) -> dict[str, torch.Tensor]:
@@ -129,6 +146,10 @@ def one_step(state: GanState, loss: GANLoss, cfg: TrainConfig) -> dict[str, torc
     device tensors (reading them here would make the host wait for the device every step)."""
     if cfg.compile == "reduce-overhead":
         torch.compiler.cudagraph_mark_step_begin()  # this step may overwrite the last one's graph outputs
+    adaptive = loss.cfg.ada_target is not None
+    if adaptive and state.ada_p is None:
+        state.ada_p = torch.zeros((), dtype=torch.float64, device=state.device)
+        state.ada_sign_sum = torch.zeros((), dtype=torch.float64, device=state.device)
     for i in range(cfg.d_steps_per_g):
         batch = next_batch(state)
         for key, value in _schedule(state, loss, state.step * cfg.d_steps_per_g + i).items():
@@ -137,6 +158,9 @@ def one_step(state: GanState, loss: GANLoss, cfg: TrainConfig) -> dict[str, torc
         with _autocast(state, cfg):
             d_loss, d_stats = loss.d_loss(state.G, state.D, batch)
         gn_d = _backward_and_step(d_loss, state.opt_d, state.D, cfg, state.scaler)
+        if adaptive:
+            state.ada_sign_sum = state.ada_sign_sum + d_stats["d_sign_real"].double()
+            state.ada_count += 1
 
     state.opt_g.zero_grad(set_to_none=True)
     with _frozen_and_unsynced(state.D):
@@ -145,6 +169,9 @@ def one_step(state: GanState, loss: GANLoss, cfg: TrainConfig) -> dict[str, torc
         gn_g = _backward_and_step(g_loss, state.opt_g, state.G, cfg, state.scaler)
     if state.scaler is not None:
         state.scaler.update()
+    if adaptive:
+        g_stats["ada_p"] = state.ada_p  # the p this step trained with
+        _adapt_augmentation(state, loss, cfg)
     # Ramp the EMA decay so early averages are not dominated by the random initialisation.
     update_ema(state.G_ema, state.G, min(cfg.ema_decay, (1 + state.step) / (10 + state.step)))
     return {**d_stats, **g_stats, "grad_norm_d": gn_d, "grad_norm_g": gn_g}

@@ -33,6 +33,11 @@ class GanState:
     diverged: bool = False
     trace: dict[str, list[float]] = field(default_factory=dict)
     scaler: torch.amp.GradScaler | None = None  # fp16 only; bf16 and fp32 need no loss scaling
+    # Adaptive augmentation: p, and the sum and count of sign D(real) since p last moved (float64 device
+    # tensors, so a checkpoint's Python floats restore them exactly). None while ADA is off.
+    ada_p: torch.Tensor | None = None
+    ada_sign_sum: torch.Tensor | None = None
+    ada_count: int = 0
 
 
 def make_state(model_cfg: ModelConfig, cfg: TrainConfig, data: SplitTensors, num_classes: int,
