@@ -15,7 +15,7 @@ FLOPs per step come from torch.utils.flop_counter on one eager step (forward and
 networks); achieved TFLOP/s is that times steps per second, and is given as a share of the card's dense
 bf16 peak from its datasheet and of a bf16 matmul measured on the card in this run.
 
-    python -m bench.gpu_bench --out bench/results/gpu_step.json          # a CUDA machine, about 4 minutes
+    python -m bench.gpu_bench --out bench/results/gpu_step.json          # a CUDA machine (not yet run on one)
     python -m bench.gpu_bench --device cpu --smoke --out /tmp/g.json     # the same code on a CPU, seconds
 
 Needs no Ray and no MLflow (the device machine may have neither).

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # The one prepared script for a lent GPU machine (docs/gpu.md). Parts, in order; name some to run only those:
-#   step     bench/gpu_bench.py: the training step before and after (sync, bf16, compile, CUDA graphs)  ~4 min
-#   ddp      bench/gpu_ddp_check.py: NCCL DDP with SyncBatchNorm on one card                          <1 min
+#   step     bench/gpu_bench.py: the training step before and after (sync, bf16, compile, CUDA graphs)
+#   ddp      bench/gpu_ddp_check.py: NCCL DDP with SyncBatchNorm on one card
 #   dag      the color64 DAG through Ray Train on 1 GPU, tracked in MLflow (SQLite), a model registered,
 #            its Tune campaign's 4 trials sharing the GPU (tune.gpus_per_trial 0.25), then the same
-#            campaign at one trial per GPU for trials per hour                                          ~5 min
-#   ray      bench/trainer_bench.py --gpu: Ray Train on 1 GPU against the bare loop on the same card    ~1 min
+#            campaign at one trial per GPU for trials per hour
+#   ray      bench/trainer_bench.py --gpu: Ray Train on 1 GPU against the bare loop on the same card
 #   quality  bench/quality.py on color64 (the recipes table; long, not in the default set)
 # usage (device run, carrying .gpukit):  bash bench/gpu_check.sh [step] [ddp] [dag] [ray] [quality]
-# Default: step ddp dag ray. Every part writes JSON and a log under $OUT, and a part that fails does not
-# stop the next. The machine has PyTorch but not Ray, MLflow or pydantic: .gpukit/site.tar.xz (built by
-# ../shared/tools/gpu-kit.sh) carries them; .whl/ (pydantic wheels) is enough for step and ddp.
+# Default: step ddp dag ray. Each part runs under the timeout given below (not yet run on a GPU). Every
+# part writes JSON and a log under $OUT, and a part that fails does not stop the next. The machine has
+# PyTorch but not Ray, MLflow or pydantic: .gpukit/site.tar.xz (built by ../shared/tools/gpu-kit.sh)
+# carries them; .whl/ (pydantic wheels) is enough for step and ddp.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"

@@ -9,8 +9,7 @@ from components.data.balance import check_labels, class_statistics, longtail_ind
 from components.data.config import DataConfig
 from components.data.shards import write_dataset
 from components.data.array_sources import load_cifar, load_mnist_idx, load_parquet
-from components.data.sources import (RawImages, finish, load_color_digits_source, load_digits_source,
-                                    load_image_folder)
+from components.data.sources import finish, load_color_digits_source, load_digits_source, load_image_folder
 from components.data.streaming import prepare_streaming, streams
 from components.errors import UserError
 
@@ -26,14 +25,13 @@ def prepare_dataset(cfg: DataConfig, out_dir: Path, source_uri: str | None = Non
         def manifest_for(index, names, counts, skipped, resized):
             return describe(cfg, index.description, names, counts, skipped, index.ignored, resized, source_uri)
         manifest = prepare_streaming(cfg, out_dir, manifest_for)
-        report_skips(RawImages(np.empty(0), np.empty(0), [], "", manifest["skipped_files"],
-                               manifest["resized_images"]))
+        report_skips(manifest["skipped_files"], manifest["resized_images"])
         return manifest
     raw = finish(SOURCES[cfg.source](cfg), cfg)
     n_classes = cfg.num_classes or len(raw.class_names)
     check_labels(raw.labels, n_classes, cfg.source)
     names = raw.class_names if len(raw.class_names) == n_classes else [str(c) for c in range(n_classes)]
-    report_skips(raw)
+    report_skips(raw.skipped, raw.resized)
     keep = longtail_indices(raw.labels, n_classes, cfg.imbalance_ratio, cfg.seed)
     images, labels = raw.images_nhwc[keep], raw.labels[keep]
     ids = np.array([f"{cfg.source}:{i}" for i in keep])
@@ -63,10 +61,10 @@ def describe(cfg: DataConfig, description: str, names: list[str], counts: dict[s
     }
 
 
-def report_skips(raw) -> None:
+def report_skips(skipped: list[str], resized: int) -> None:
     """One line each for skipped unreadable files and resized images."""
-    if raw.skipped:
-        shown = ", ".join(raw.skipped[:5]) + (" ..." if len(raw.skipped) > 5 else "")
-        print(f"  prepare: skipped {len(raw.skipped)} unreadable image(s): {shown}", flush=True)
-    if raw.resized:
-        print(f"  prepare: resized {raw.resized} image(s) of another size", flush=True)
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        print(f"  prepare: skipped {len(skipped)} unreadable image(s): {shown}", flush=True)
+    if resized:
+        print(f"  prepare: resized {resized} image(s) of another size", flush=True)

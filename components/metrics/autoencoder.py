@@ -11,8 +11,6 @@ classes are learnt too, and cached beside the evaluator.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from components.data.reader import SplitTensors, sampling_probs
+from components.metrics.model_cache import cached_module
 
 
 class FeatureAutoencoder(nn.Module):
@@ -84,17 +83,7 @@ def cached_autoencoder(cache_dir: Path, digest: str, data: SplitTensors, num_cla
                        seed: int) -> FeatureAutoencoder:
     """Train the autoencoder once per (data digest, steps, seed); later runs load it."""
     key = hashlib.sha256(f"{digest}:{steps}:{seed}:autoencoder-v1".encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"autoencoder-{key}.pt"
     _, c, h, _ = data.images_u8.shape
-    model = FeatureAutoencoder(c, h)
-    if path.exists():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval()
-    print(f"  evaluator: training the feature autoencoder on real data ({steps} steps)", flush=True)
-    model = train_autoencoder(data, num_classes, steps, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-    return model
+    return cached_module(Path(cache_dir) / f"autoencoder-{key}.pt", FeatureAutoencoder(c, h),
+                         lambda: train_autoencoder(data, num_classes, steps, seed),
+                         f"the feature autoencoder on real data ({steps} steps)")

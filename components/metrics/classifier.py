@@ -3,8 +3,6 @@ space of the Frechet distance, and its predictions give class coverage and recal
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -12,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from components.data.reader import SplitTensors, sampling_probs
+from components.metrics.model_cache import cached_module
 
 
 class EvaluatorCNN(nn.Module):
@@ -84,15 +83,7 @@ def load_classifier(path: Path, channels: int, resolution: int, num_classes: int
 def cached_classifier(cache_dir: Path, digest: str, data: SplitTensors, num_classes: int, steps: int,
                       seed: int) -> EvaluatorCNN:
     """Train the evaluator once per (data digest, steps, seed); later runs (and tune trials) load it."""
-    path = classifier_cache_path(cache_dir, digest, steps, seed)
     _, c, h, _ = data.images_u8.shape
-    if path.exists():
-        return load_classifier(path, c, h, num_classes)
-    print(f"  evaluator: training the classifier on real data ({steps} steps)", flush=True)
-    model = train_classifier(data, num_classes, steps, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-    return model
+    return cached_module(classifier_cache_path(cache_dir, digest, steps, seed), EvaluatorCNN(c, h, num_classes),
+                         lambda: train_classifier(data, num_classes, steps, seed),
+                         f"the classifier on real data ({steps} steps)")
