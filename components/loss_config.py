@@ -34,6 +34,9 @@ class LossConfig(Section):
                                            "(0.6 in the paper); null augments every input.")
     ada_kimg: float = Field(20.0, gt=0.0, description="Thousands of images over which p can move from 0 to 1.")
     ada_interval: int = Field(4, ge=1, description="Steps between adjustments of p.")
+    gsr_lambda: float = Field(
+        0.0, ge=0.0, description="Group spectral regularisation of G's class-conditional parameters (gSR, "
+                                 "Rangwani et al. 2022), weighted towards tail classes; 0 disables.")
     adv_train_eps: float = Field(
         0.0, ge=0.0, description="Adversarial training of D: L-inf PGD budget on [-1, 1] images; 0 disables.")
     adv_train_steps: int = Field(3, ge=1, description="PGD steps of adversarial training.")

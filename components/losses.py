@@ -79,8 +79,11 @@ class GANLoss:
     Stateful only through LeCam's logit anchors, which `state_dict` exposes for checkpoints. They become
     float64 device tensors once updated, so a step never waits for the device to read them."""
 
-    def __init__(self, cfg: LossConfig):
+    def __init__(self, cfg: LossConfig, class_weights: list[float] | None = None):
+        """class_weights: one per class, heavier for rarer classes; gSR weighs each class's penalty by them
+        (uniform when None)."""
         self.cfg = cfg
+        self.class_weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         self.anchors: dict[str, float | torch.Tensor] = {"real": 0.0, "fake": 0.0}
 
     def state_dict(self) -> dict[str, float]:
@@ -192,8 +195,19 @@ class GANLoss:
             ac = F.cross_entropy(class_logits[len(rec):], batch.y_fake)
             loss = loss + cfg.lambda_ac * ac
             stats["g_ac"] = ac.detach()
+        if cfg.gsr_lambda > 0:
+            gsr = self._group_spectral(_unwrap(G).class_tables())
+            loss = loss + cfg.gsr_lambda * gsr
+            stats["gsr"] = gsr.detach()
         stats["g_loss"] = loss.detach()
         return loss, stats
+
+    def _group_spectral(self, tables: list[torch.Tensor]) -> torch.Tensor:
+        device, k = tables[0].device, len(tables[0])
+        if self.class_weights is None or len(self.class_weights) != k:
+            self.class_weights = torch.ones(k)
+        self.class_weights = self.class_weights.to(device)
+        return regularizers.group_spectral_penalty(tables, self.class_weights)
 
 
 def _d_forward(D, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -15,6 +15,7 @@ import torch
 
 from mlflow.types import ColSpec, Schema
 
+from components.models import build_generator
 from components.models.generator import Generator
 
 
@@ -42,16 +43,17 @@ class GeneratorPyfunc(mlflow.pyfunc.PythonModel):
 
 
 def load_generator_file(path) -> Generator:
-    """The generator in eval mode from a generator.pt written by this module (tensors and JSON only)."""
+    """The generator in eval mode from a generator.pt written by this module (tensors and JSON only); files
+    without a family are the seed family's."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    generator = Generator(**json.loads(blob["arch_json"]))
+    generator = build_generator(**json.loads(blob["arch_json"]))
     generator.load_state_dict(blob["state_dict"])
     return generator.eval()
 
 
-def generator_arch(G: Generator, base: int, norm: str) -> dict:
-    """Constructor arguments that rebuild `G`."""
-    return {"channels": G.channels, "resolution": G.resolution, "num_classes": G.num_classes,
+def generator_arch(G: Generator, base: int, norm: str, family: str = "seed") -> dict:
+    """Constructor arguments that rebuild `G`, with its model family."""
+    return {"family": family, "channels": G.channels, "resolution": G.resolution, "num_classes": G.num_classes,
             "base": base, "z_dim": G.z_dim, "norm": norm}
 
 
@@ -105,4 +107,5 @@ def log_checkpoint_generator(ckpt: dict, name: str = "generator"):
     from components.training.checkpoint import models_from_checkpoint
 
     G, _, config = models_from_checkpoint(ckpt)
-    return log_generator(G, generator_arch(G, config["model"]["g_base_channels"], config["model"]["g_norm"]), name)
+    return log_generator(G, generator_arch(G, config["model"]["g_base_channels"], config["model"]["g_norm"],
+                                        config["model"].get("family", "seed")), name)

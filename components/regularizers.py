@@ -101,6 +101,26 @@ def ada_adjust(p: torch.Tensor, mean_sign: torch.Tensor, target: float, step: fl
     return (p + torch.sign(mean_sign - target) * step).clamp(0.0, 1.0)
 
 
+def group_shape(width: int) -> tuple[int, int]:
+    """(groups, width // groups) as close to square as width allows: 64 -> (8, 8), 128 -> (8, 16)."""
+    groups = max(d for d in range(1, int(width ** 0.5) + 1) if width % d == 0)
+    return groups, width // groups
+
+
+def group_spectral_penalty(tables: list[torch.Tensor], class_weights_k: torch.Tensor) -> torch.Tensor:
+    """Group spectral regularisation (gSR, Rangwani et al. 2022): each class's row of each class-conditional
+    table (conditional batch-norm gains and biases, or a label embedding) is folded into a group matrix,
+    and its largest singular value is penalised, weighted by the class's weight so that tail classes, whose
+    rows collapse to a few dominant directions first, weigh most. Sum over tables of the weighted class mean."""
+    weights = class_weights_k / class_weights_k.sum()
+    total = torch.zeros((), device=weights.device)
+    for table in tables:
+        k, width = table.shape
+        sigma_k = torch.linalg.matrix_norm(table.float().reshape(k, *group_shape(width)), ord=2)
+        total = total + (weights * sigma_k).sum()
+    return total
+
+
 def _transform(x: torch.Tensor, policy, translation_ratio: float, cutout_ratio: float) -> torch.Tensor:
     b, _, h, w = x.shape
     dev = x.device

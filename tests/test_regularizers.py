@@ -219,3 +219,53 @@ def test_the_ada_controller_moves_p_towards_the_target_within_0_and_1():
     assert float(R.ada_adjust(torch.tensor(0.95, dtype=torch.float64), torch.tensor(1.0), 0.6, 0.1)) == 1.0
     assert float(R.ada_adjust(torch.tensor(0.05, dtype=torch.float64), torch.tensor(-1.0), 0.6, 0.1)) == 0.0
 
+
+
+def test_group_shape_is_as_square_as_the_width_allows():
+    assert R.group_shape(64) == (8, 8) and R.group_shape(128) == (8, 16)
+    assert R.group_shape(256) == (16, 16) and R.group_shape(10) == (2, 5)
+    assert R.group_shape(7) == (1, 7)
+
+
+def test_group_spectral_penalty_known_values():
+    ones = torch.ones(2, 64)  # each row folds into an 8x8 all-ones matrix: largest singular value 8
+    torch.testing.assert_close(R.group_spectral_penalty([ones], torch.ones(2)), torch.tensor(8.0))
+    u, v = torch.tensor([3.0, 0, 0, 4]), torch.tensor([1.0, 2, 2, 0])  # rank one: sigma = |u| |v| = 5 * 3
+    rows = torch.stack([torch.outer(u, v).flatten(), torch.zeros(16)])
+    torch.testing.assert_close(R.group_spectral_penalty([rows], torch.tensor([3.0, 1.0])),
+                               torch.tensor(15.0 * 0.75))  # class weights normalised: 3/4 and 1/4
+    torch.testing.assert_close(R.group_spectral_penalty([ones, rows], torch.tensor([3.0, 1.0])),
+                               torch.tensor(8.0 + 15.0 * 0.75))
+
+
+def test_group_spectral_penalty_shrinks_tail_rows_fastest():
+    torch.manual_seed(0)
+    table = torch.randn(2, 16, requires_grad=True)
+    start = table.detach().clone()
+    opt = torch.optim.SGD([table], lr=0.05)
+    for _ in range(20):
+        opt.zero_grad()
+        R.group_spectral_penalty([table], torch.tensor([1.0, 9.0])).backward()
+        opt.step()
+    sigma = lambda t: torch.linalg.matrix_norm(t.reshape(2, 4, 4), ord=2)  # noqa: E731
+    shrink = sigma(table.detach()) / sigma(start)
+    assert (shrink < 1).all() and shrink[1] < shrink[0]  # class 1, weighted 9x, shrinks more
+
+
+@pytest.mark.parametrize("family", ["seed", "resnet"])
+def test_gsr_enters_the_generator_loss_with_its_weight(family):
+    from components.models import ModelConfig, build_models
+
+    G, D = build_models(ModelConfig(family=family, g_base_channels=4, d_base_channels=4, z_dim=8), 1, 32, 10)
+    with torch.no_grad():
+        for table in G.class_tables():
+            table.normal_()
+    b = _batch()
+    weights = [float(k + 1) for k in range(10)]
+    on, stats = GANLoss(LossConfig(gsr_lambda=0.5), weights).g_loss(G, D, b)
+    expected = R.group_spectral_penalty(G.class_tables(), torch.tensor(weights))
+    torch.testing.assert_close(stats["gsr"], expected.detach())
+    torch.testing.assert_close(on.detach(), stats["rec_loss"] + stats["g_adv"] + 0.05 * stats["kl"]
+                               + 0.5 * stats["gsr"])
+    on.backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in G.class_tables())

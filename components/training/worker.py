@@ -54,7 +54,8 @@ def build_worker_state(config: WorkerConfig, rank: int, world: int, wrap=lambda 
     weights = manifest["train_statistics"]["weights"][config.weight_scheme]
     state = make_state(config.model, config.train, data, manifest["num_classes"], config.rebalance, weights, rank,
                        world, wrap=wrap, device=device, shared_data=config.reader != "ray_data")
-    return state, config.train, GANLoss(config.loss)
+    tail_weights = manifest["train_statistics"]["weights"]["effective"]  # gSR's class weights, as the paper's
+    return state, config.train, GANLoss(config.loss, tail_weights)
 
 
 def run_worker(config: WorkerConfig, session: WorkerSession, state, cfg, loss) -> None:
