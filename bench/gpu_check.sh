@@ -72,9 +72,11 @@ PY
       ;;
     ray) timed ray 240 python3 -m bench.trainer_bench --gpu --modes bare,ray_train_1 --out "$OUT/gpu_trainer.json" ;;
     quality)
-      timed quality "${QUALITY_TIMEOUT_S:-330}" python3 -m bench.quality --config configs/color64-gpu.yaml --device cuda \
-        --threads "$(nproc)" --recipes default,full --budgets 1,3 --time-budget-s "${QUALITY_BUDGET_S:-200}" \
-        --set evaluate.robustness_eps=[0.05] --set evaluate.pgd_steps=3 --out "$OUT/quality_color64.json" ;;
+      # The document's widths: the default recipe over 3 seeds first, then naive; a spent budget skips the rest.
+      timed quality "${QUALITY_TIMEOUT_S:-330}" python3 -m bench.quality --data color64-gpu --device cuda \
+        --threads "$(nproc)" --recipes default,naive --seeds 0,1,2 --budgets 1,3 \
+        --time-budget-s "${QUALITY_BUDGET_S:-200}" --grids "$OUT/quality_grids" \
+        --set evaluate.robustness_eps=[0.05] --set evaluate.pgd_steps=3 --out "$OUT/quality_color64_gpu.json" ;;
     *) echo "unknown part '$part': choose from step ddp dag ray quality" ;;
   esac
 done

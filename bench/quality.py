@@ -20,6 +20,7 @@ import copy
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -78,7 +79,7 @@ SUMMARY_KEYS = ("fcd_class_matched", "fcd_class_matched_ratio", "fcd_ratio", "cl
 
 def run_recipe(name: str, overrides: list[str], budgets: list[int], base_steps: int, work: Path,
                config: Path = DEFAULT_CONFIG, device: torch.device = torch.device("cpu"), seed: int = 0,
-               data: str = "digits") -> list[dict]:
+               data: str = "digits", grids: Path | None = None) -> list[dict]:
     cfg = load_config(config, [*overrides, f"train.steps={max(budgets) * base_steps}", f"train.seed={seed}"])
     data_dir = work / f"data-{cfg.data.rebalance}"
     if not (data_dir / "manifest.json").exists():
@@ -98,6 +99,9 @@ def run_recipe(name: str, overrides: list[str], budgets: list[int], base_steps: 
         G_eval, D_eval = (copy.deepcopy(m).float().cpu().eval() for m in (state.G_ema, state.D))
         result = evaluate_models(G_eval, D_eval, data_dir, cfg.evaluate, work / "cache", out,
                                  {"diverged": float(state.diverged), "train_steps": state.step})
+        if grids is not None:  # the evaluate stage's class grid (8 samples per class row), kept for the docs
+            grids.mkdir(parents=True, exist_ok=True)
+            shutil.copy(out / "samples.png", grids / f"{data}-{name}-seed{seed}-{budget}x.png")
         rows.append({"data": data, "recipe": name, "seed": seed, "budget": f"{budget}x", "steps": state.step,
                      "overrides": overrides, "train_seconds": round(time.perf_counter() - t0, 1),
                      **{k: result.get(k) for k in KEYS}})
@@ -177,7 +181,8 @@ def write_data_set(out: Path, data: str, entry: dict) -> dict:
 
 def main(recipes: list[str], budgets: list[int], out: Path, base_steps: int | None = None,
          config: Path | None = None, extra: list[str] = (), device: str = "cpu", threads: int = 2,
-         time_budget_s: float | None = None, seeds: list[int] = (0,), data: str = "digits") -> dict:
+         time_budget_s: float | None = None, seeds: list[int] = (0,), data: str = "digits",
+         grids: Path | None = None) -> dict:
     torch.set_num_threads(min(threads, os.cpu_count() or 1))
     dev = torch.device(device)
     preset_config, preset = DATA_SETS[data]
@@ -196,7 +201,7 @@ def main(recipes: list[str], budgets: list[int], out: Path, base_steps: int | No
                           flush=True)
                     continue
                 rows += run_recipe(name, [*extra, *RECIPES[name]], budgets, base, Path(tmp), config, dev, seed,
-                                   data)
+                                   data, grids)
                 result = write_data_set(out, data, data_set_entry(rows, meta))  # a long run keeps what it has
     for line in summary_lines(result["data_sets"][data]):
         print(line, flush=True)
@@ -261,6 +266,8 @@ if __name__ == "__main__":
     parser.add_argument("--device", default="cpu", help="torch device to train on: cpu, cuda (scoring is on the CPU)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--time-budget-s", type=float, help="start no further run after this many seconds")
+    parser.add_argument("--grids", type=Path, default=RESULTS / "quality_grids",
+                        help="where each run's class sample grid is kept")
     parser.add_argument("--merge", type=Path, nargs="+", help="merge these result files into --out and exit")
     parser.add_argument("--table", type=Path, help="print the markdown tables of a result JSON and exit")
     args = parser.parse_args()
@@ -276,4 +283,4 @@ if __name__ == "__main__":
         parser.error(f"--recipes: unknown {sorted(unknown)}; choose from {', '.join(RECIPES)}")
     main(args.recipes.split(","), [int(b) for b in args.budgets.split(",")], args.out, args.base_steps,
          args.config, args.extra, args.device, args.threads, args.time_budget_s,
-         [int(s) for s in args.seeds.split(",")], args.data)
+         [int(s) for s in args.seeds.split(",")], args.data, args.grids)

@@ -145,3 +145,16 @@ def test_a_relative_data_path_is_taken_from_where_the_command_runs(tmp_path, mon
     assert cfg.data.path == str(tmp_path / "my_images")  # stages run in the work dir: a relative path would move
     remote = load_config(REPO / "configs" / "smoke.yaml", ["data.source=image_folder", "data.path=s3://b/imgs"])
     assert remote.data.path == "s3://b/imgs"
+
+
+def test_the_shipped_configs_share_one_recipe():
+    """configs/default.yaml and the GPU configs differ in data, widths and hardware, not in the recipe."""
+    def recipe(cfg):
+        return (cfg.data.rebalance, cfg.model.family, cfg.model.d_norm, cfg.model.d_conditioning, cfg.loss.objective,
+                cfg.loss.r1_gamma, cfg.loss.lecam_lambda, tuple(cfg.loss.diffaugment), cfg.loss.ada_target,
+                cfg.loss.gsr_lambda, cfg.train.ema_decay)
+
+    default = recipe(load_config(REPO / "configs" / "default.yaml"))
+    assert default[5] > 0 and default[7]  # R1 and DiffAugment are in it
+    for name in ("color64-gpu.yaml", "cluster-gpu.yaml"):
+        assert recipe(load_config(REPO / "configs" / name)) == default, name
