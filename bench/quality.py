@@ -58,12 +58,11 @@ RECIPES: dict[str, list[str]] = {
     # Resampling and spectral-norm D only: the recipe configs/default.yaml shipped before R1/LeCam/DiffAugment.
     "spectral": ["data.rebalance=resample", "model.d_norm=spectral", "loss.r1_gamma=0", "loss.lecam_lambda=0",
                  "loss.diffaugment=[]", "loss.ada_target=null", "loss.gsr_lambda=0"],
+    # Fixed-strength DiffAugment: every D input augmented, from the first step.
     "full": ["data.rebalance=resample", "model.d_norm=spectral", "loss.r1_gamma=1.0", "loss.lecam_lambda=0.1",
-             "loss.diffaugment=[translation,cutout,color]", "train.ema_decay=0.999"],
-    "full+ada": ["data.rebalance=resample", "model.d_norm=spectral", "loss.r1_gamma=1.0", "loss.lecam_lambda=0.1",
-                 "loss.diffaugment=[translation,cutout,color]", "loss.ada_target=0.6", "train.ema_decay=0.999"],
-    "full+gsr": ["data.rebalance=resample", "model.d_norm=spectral", "loss.r1_gamma=1.0", "loss.lecam_lambda=0.1",
-                 "loss.diffaugment=[translation,cutout,color]", "loss.gsr_lambda=0.5", "train.ema_decay=0.999"],
+             "loss.diffaugment=[translation,cutout,color]", "loss.ada_target=null", "loss.gsr_lambda=0",
+             "train.ema_decay=0.999"],
+    "gsr": ["loss.gsr_lambda=0.5"],  # the default recipe plus tail-class protection
     "resnet": ["model.family=resnet"],  # the default recipe on the residual family
 }
 TARGETS = {"class_matched_fcd_ratio_max": 3.0, "class_kl_max": 0.02, "tail_head_fcd_ratio_max": 1.5,
