@@ -89,3 +89,16 @@ def test_a_recipe_runs_with_two_seeds_and_merges_with_another_data_set(tmp_path)
     merged = merge([out, other], tmp_path / "merged.json")
     assert set(merged["data_sets"]) == {"digits", "color64"}
     assert merged["data_sets"]["color64"]["summary"] == saved["summary"]
+
+
+def test_family_cost_times_both_families_on_both_data_sets(tmp_path, monkeypatch):
+    import bench.family_cost as fc
+
+    monkeypatch.setattr(fc, "CASES", {(d, m): [*o, "model.g_base_channels=4", "model.d_base_channels=4"]
+                                      for (d, m), o in fc.CASES.items()})
+    result = fc.main(steps=1, warmup=1, threads=1, out=tmp_path / "cost.json")
+    assert [(r["data"], r["model"].split(",")[0]) for r in result["rows"]] == [
+        ("digits", "seed"), ("digits", "resnet"), ("color64", "seed"), ("color64", "resnet")]
+    assert all(r["ms_per_step"] > 0 and r["parameters"] > 0 for r in result["rows"])
+    assert all(r["cost_vs_seed"] > 0 for r in result["rows"] if r["model"].startswith("resnet"))
+    assert json.loads((tmp_path / "cost.json").read_text())["rows"] == result["rows"]
