@@ -73,6 +73,7 @@ KEYS = ("fcd", "fcd_real_vs_real", "fcd_ratio", "fcd_uniform_floor", "fcd_unifor
         "kid", "precision", "recall", "nn_distance_ratio_pixel", "copy_share_pixel", "nn_distance_ratio_feature",
         "copy_share_feature", "diversity_mean", "tail_diversity", "diverged")
 SUMMARY_KEYS = ("fcd_class_matched", "fcd_class_matched_ratio", "fcd_ratio", "class_kl", "tail_head_fcd_ratio",
+                "head_fcd", "tail_fcd",
                 "copy_share_pixel", "copy_share_feature", "diversity_mean", "tail_diversity", "train_seconds")
 
 
@@ -241,11 +242,12 @@ def summary_lines(entry: dict) -> list[str]:
 def markdown_table(entry: dict) -> str:
     """The docs table of one data set: one line per recipe and budget, mean ± std over seeds."""
     lines = ["| recipe | budget | seeds | class-matched FCD ÷ real-vs-real | class KL | tail ÷ head intra-class FCD "
-             "| copy share, pixels / features | diversity (tail) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| head / tail intra-class FCD | copy share, pixels / features | diversity (tail) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for e in entry["summary"]:
         lines.append(f"| {e['recipe']} | {e['budget']} | {len(e['seeds'])} | {_pm(e, 'fcd_class_matched_ratio', '.2f')} "
                      f"| {_pm(e, 'class_kl', '.4f')} | {_pm(e, 'tail_head_fcd_ratio', '.2f')} | "
+                     f"{_pm(e, 'head_fcd', '.0f')} / {_pm(e, 'tail_fcd', '.0f')} | "
                      f"{_pm(e, 'copy_share_pixel', '.3f')} / {_pm(e, 'copy_share_feature', '.3f')} | "
                      f"{_pm(e, 'diversity_mean', '.2f')} ({_pm(e, 'tail_diversity', '.2f')}) |")
     return "\n".join(lines)
