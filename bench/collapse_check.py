@@ -8,7 +8,8 @@ within-class diversity in the autoencoder's space and in pixels, per class and h
 generated grid annotated by diversity (diversity.png, copied next to the JSON).
 
     python -m bench.collapse_check            # about 4 minutes on 2 cores
-Writes bench/results/collapse_check.json and bench/results/collapse_check_diversity.png.
+    python -m bench.collapse_check --set loss.r1_gamma=0 ... --out bench/results/collapse_check_spectral.json
+Writes bench/results/collapse_check.json and bench/results/collapse_check_diversity.png (or --out's names).
 """
 from __future__ import annotations
 
@@ -55,13 +56,13 @@ def write_folder(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def main(out: Path) -> dict:
+def main(out: Path, extra: list[str] = ()) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         folder = write_folder(tmp / "folder")
         sets = [f"work_dir={tmp / 'outputs'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
                 f"tracking.artifact_root={tmp / 'mlartifacts'}", "data.source=image_folder", f"data.path={folder}",
-                "data.channels=3", "data.imbalance_ratio=1", "promote.model_name=collapse-check"]
+                "data.channels=3", "data.imbalance_ratio=1", "promote.model_name=collapse-check", *extra]
         cmd = [sys.executable, "-m", "pipeline", "run", "--config", "configs/default.yaml",
                *[a for s in sets for a in ("--set", s)]]
         env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -77,8 +78,9 @@ def main(out: Path) -> dict:
             "recall", "coverage", "fd_ae_class_matched_ratio", "recall_ae", "coverage_ae",
             "diversity_mean", "head_diversity", "tail_diversity", "diversity_pixel_mean", "head_diversity_pixel",
             "tail_diversity_pixel")
-    result = {"command": "python -m bench.collapse_check", "folder": {"classes": 10, "counts": COUNTS},
-              "config": "configs/default.yaml + image_folder, channels 3, imbalance_ratio 1",
+    command = " ".join(["python -m bench.collapse_check", *[f"--set {s}" for s in extra]])
+    result = {"command": command, "folder": {"classes": 10, "counts": COUNTS},
+              "config": "configs/default.yaml + image_folder, channels 3, imbalance_ratio 1", "overrides": list(extra),
               "metrics": {k: ev.get(k) for k in keys},
               "per_class": {c: {"diversity": ev.get(f"diversity_class_{c}"),
                                 "diversity_pixel": ev.get(f"diversity_pixel_class_{c}")} for c in range(10)},
@@ -89,4 +91,11 @@ def main(out: Path) -> dict:
 
 
 if __name__ == "__main__":
-    main(REPO / "bench" / "results" / "collapse_check.json")
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override after the folder's (e.g. another recipe)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "collapse_check.json")
+    args = parser.parse_args()
+    main(args.out, args.extra)
