@@ -84,9 +84,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# The step without R1, LeCam and augmentation: the recipe the H100 baseline (gpu_h100.json) was measured with,
+# and one that torch.compile can take (R1's double backward cannot be compiled).
+STEP_RECIPE = ["loss.r1_gamma=0", "loss.lecam_lambda=0", "loss.diffaugment=[]", "loss.ada_target=null"]
+
+
 def worker_config(shape: str, variant: str, batch: int, data_dir: Path, steps: int, smoke: bool, gpu: bool):
     cfg = load_config(REPO / "configs" / "default.yaml",
-                      [*SHAPES[shape], *(SMOKE_WIDTHS if smoke else WIDTHS)])
+                      [*SHAPES[shape], *(SMOKE_WIDTHS if smoke else WIDTHS), *STEP_RECIPE])
     return build_worker_config(cfg, data_dir, train_overrides={
         "num_workers": 1, "batch_size": batch, "steps": steps, "report_every": steps,
         "use_gpu": gpu, **VARIANTS[variant]})

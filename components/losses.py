@@ -203,10 +203,12 @@ class GANLoss:
         return loss, stats
 
     def _group_spectral(self, tables: list[torch.Tensor]) -> torch.Tensor:
-        device, k = tables[0].device, len(tables[0])
-        if self.class_weights is None or len(self.class_weights) != k:
-            self.class_weights = torch.ones(k)
-        self.class_weights = self.class_weights.to(device)
+        """gSR over G's class tables, weighted by the class weights (uniform when none were given)."""
+        k = len(tables[0])
+        weights = torch.ones(k) if self.class_weights is None else self.class_weights
+        if len(weights) != k:
+            raise ValueError(f"gSR: {len(weights)} class weights for a generator of {k} classes")
+        self.class_weights = weights.to(tables[0].device)  # moved once: later steps find it on the device
         return regularizers.group_spectral_penalty(tables, self.class_weights)
 
 

@@ -66,14 +66,15 @@ def test_a_recipe_runs_with_two_seeds_and_merges_with_another_data_set(tmp_path)
     from tests.conftest import REPO
 
     out = tmp_path / "q.json"
-    smoke = ["evaluate.classifier_steps=20", "evaluate.autoencoder_steps=20", "evaluate.robustness_eps=[0.05]",
+    smoke = ["evaluate.classifier_steps=20", "evaluate.autoencoder_steps=20", "evaluate.samples_per_class=10",
+             "evaluate.robustness_eps=[0.05]",
              "evaluate.pgd_steps=1"]
-    result = main(["naive"], [1, 2], out, base_steps=3, config=REPO / "configs" / "smoke.yaml", extra=smoke,
+    result = main(["naive"], [1, 2], out, base_steps=2, config=REPO / "configs" / "smoke.yaml", extra=smoke,
                   seeds=[0, 1])
     saved = json.loads(out.read_text())["data_sets"]["digits"]
     assert saved["rows"] == result["data_sets"]["digits"]["rows"] and saved["config"].endswith("smoke.yaml")
     assert [(r["seed"], r["budget"], r["steps"]) for r in saved["rows"]] == [
-        (0, "1x", 3), (0, "2x", 6), (1, "1x", 3), (1, "2x", 6)]
+        (0, "1x", 2), (0, "2x", 4), (1, "1x", 2), (1, "2x", 4)]
     assert saved["rows"][0]["fcd"] != saved["rows"][2]["fcd"]  # the seed reaches training
     assert saved["overrides"][0] == "evaluate.classifier_steps=20" and saved["machine"]["device"] == "cpu"
     assert all(r["fcd"] > 0 and r["fcd_class_matched"] > 0 and r["copy_share_feature"] is not None
@@ -91,14 +92,14 @@ def test_a_recipe_runs_with_two_seeds_and_merges_with_another_data_set(tmp_path)
     assert merged["data_sets"]["color64"]["summary"] == saved["summary"]
 
 
-def test_family_cost_times_both_families_on_both_data_sets(tmp_path, monkeypatch):
+def test_family_cost_times_both_families(tmp_path, monkeypatch):
     import bench.family_cost as fc
 
+    # the digits cases only: the color64 ones differ in overrides, not in code
     monkeypatch.setattr(fc, "CASES", {(d, m): [*o, "model.g_base_channels=4", "model.d_base_channels=4"]
-                                      for (d, m), o in fc.CASES.items()})
+                                      for (d, m), o in fc.CASES.items() if d == "digits"})
     result = fc.main(steps=1, warmup=1, threads=1, out=tmp_path / "cost.json")
-    assert [(r["data"], r["model"].split(",")[0]) for r in result["rows"]] == [
-        ("digits", "seed"), ("digits", "resnet"), ("color64", "seed"), ("color64", "resnet")]
+    assert [(r["data"], r["model"].split(",")[0]) for r in result["rows"]] == [("digits", "seed"), ("digits", "resnet")]
     assert all(r["ms_per_step"] > 0 and r["parameters"] > 0 for r in result["rows"])
     assert all(r["cost_vs_seed"] > 0 for r in result["rows"] if r["model"].startswith("resnet"))
     assert json.loads((tmp_path / "cost.json").read_text())["rows"] == result["rows"]
