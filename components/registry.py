@@ -15,7 +15,7 @@ import torch
 
 from mlflow.types import ColSpec, Schema
 
-from components.models import build_generator
+from components.models import build_generator, family_of
 from components.models.generator import Generator
 
 
@@ -51,9 +51,9 @@ def load_generator_file(path) -> Generator:
     return generator.eval()
 
 
-def generator_arch(G: Generator, base: int, norm: str, family: str = "seed") -> dict:
+def generator_arch(G: Generator, base: int, norm: str) -> dict:
     """Constructor arguments that rebuild `G`, with its model family."""
-    return {"family": family, "channels": G.channels, "resolution": G.resolution, "num_classes": G.num_classes,
+    return {"family": family_of(G), "channels": G.channels, "resolution": G.resolution, "num_classes": G.num_classes,
             "base": base, "z_dim": G.z_dim, "norm": norm}
 
 
@@ -107,5 +107,4 @@ def log_checkpoint_generator(ckpt: dict, name: str = "generator"):
     from components.training.checkpoint import models_from_checkpoint
 
     G, _, config = models_from_checkpoint(ckpt)
-    return log_generator(G, generator_arch(G, config["model"]["g_base_channels"], config["model"]["g_norm"],
-                                        config["model"].get("family", "seed")), name)
+    return log_generator(G, generator_arch(G, config["model"]["g_base_channels"], config["model"]["g_norm"]), name)

@@ -88,9 +88,9 @@ def diff_augment(x: torch.Tensor, policy: list[str] | tuple[str, ...], p: torch.
                  translation_ratio: float = 0.125, cutout_ratio: float = 0.5) -> torch.Tensor:
     """Apply the policy's random transforms, drawn per sample from the global (per-rank seeded) RNG; with
     `p`, each sample keeps its transforms with probability p and is left as it was otherwise (ADA)."""
-    if p is None:
-        return _transform(x, policy, translation_ratio, cutout_ratio)
     augmented = _transform(x, policy, translation_ratio, cutout_ratio)
+    if p is None:
+        return augmented
     keep = torch.rand(len(x), device=x.device) < p
     return torch.where(keep.view(-1, 1, 1, 1), augmented, x)
 

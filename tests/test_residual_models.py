@@ -87,7 +87,7 @@ def test_registry_arch_rebuilds_a_residual_generator_with_identical_samples():
     from components.registry import generator_arch
 
     G = ResidualGenerator(3, 32, 10, base=4, z_dim=8).eval()
-    arch = generator_arch(G, 4, "batch", "resnet")
+    arch = generator_arch(G, 4, "batch")
     rebuilt = build_generator(**arch)
     rebuilt.load_state_dict(G.state_dict())
     z, y = torch.randn(4, 8), torch.arange(4)

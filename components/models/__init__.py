@@ -5,10 +5,15 @@ from components.models.generator import Generator
 from components.models.residual import ResidualDiscriminator, ResidualGenerator
 
 __all__ = ["ModelConfig", "Generator", "Discriminator", "ResidualGenerator", "ResidualDiscriminator",
-           "build_models", "build_generator"]
+           "build_models", "build_generator", "family_of"]
 
 GENERATORS = {"seed": Generator, "resnet": ResidualGenerator}
 DISCRIMINATORS = {"seed": Discriminator, "resnet": ResidualDiscriminator}
+
+
+def family_of(G) -> str:
+    """The `model.family` a generator belongs to."""
+    return next(name for name, cls in GENERATORS.items() if type(G) is cls)
 
 
 def build_generator(family: str = "seed", **arch):

@@ -67,8 +67,7 @@ class RayTrainSession:
         if final:  # the final EMA generator as an MLflow model with a signature, from rank 0 only
             from components.registry import generator_arch, log_generator
 
-            model = self.config.model
-            arch = generator_arch(st.G_ema, model.g_base_channels, model.g_norm, model.family)
+            arch = generator_arch(st.G_ema, self.config.model.g_base_channels, self.config.model.g_norm)
             log_generator(st.G_ema, arch, "generator", self.config.mlflow.run_id, self.config.mlflow.tracking_uri)
 
     def rank_rngs(self, st) -> list:
