@@ -105,6 +105,33 @@ def load_heldout(data_dir: Path, manifest: dict) -> SplitTensors:
     return SplitTensors(torch.cat([s.images_u8 for s in splits]), torch.cat([s.labels for s in splits]))
 
 
+def class_matched_fcd(f_fake: torch.Tensor, y_req: torch.Tensor, f_train: torch.Tensor, train_labels: np.ndarray,
+                      n_classes: int, fcd_real_vs_real: float) -> dict[str, float]:
+    """The headline: FCD with the samples weighted to the train split's class shares, and its ratio to the
+    real-vs-real FCD (1 = as close to the train split as held-out real images are)."""
+    shares = np.bincount(train_labels, minlength=n_classes) / len(train_labels)
+    fd = QUALITY_METRICS["class_reweighted_frechet_distance"](
+        f_fake.numpy().astype(np.float64), y_req.numpy(), shares, f_train.numpy().astype(np.float64))["fd"]
+    return {"fcd_class_matched": fd, "fcd_class_matched_ratio": fd / max(fcd_real_vs_real, 1e-9)}
+
+
+@torch.no_grad()
+def headline_quality(G, data_dir: Path, ec: EvaluateConfig, cache_dir: Path) -> dict[str, float]:
+    """Class-matched FCD (and its ratio) and class KL of generator G, exactly as evaluate_models computes
+    them, without the rest: cheap enough to compare a tuned model with its untuned control."""
+    manifest = read_manifest(data_dir)
+    n_classes = manifest["num_classes"]
+    train = load_split(data_dir, "train")
+    clf = cached_classifier(cache_dir, manifest["digest"], train, n_classes, ec.classifier_steps, ec.seed)
+    fake, y_req = generate_per_class(G, n_classes, ec.samples_per_class, ec.seed)
+    f_train, _ = predict(clf, train.images_float())
+    f_held, _ = predict(clf, load_heldout(data_dir, manifest).images_float())
+    f_fake, p_fake = predict(clf, fake)
+    real_vs_real = QUALITY_METRICS["frechet_distance"](f_held.numpy(), f_train.numpy())["fd"]
+    return {**class_matched_fcd(f_fake, y_req, f_train, train.labels.numpy(), n_classes, real_vs_real),
+            "class_kl": QUALITY_METRICS["class_histogram"](p_fake.numpy(), n_classes)["class_kl"]}
+
+
 OUTPUT_FILES = ("evaluation.json", "per_class.csv", "samples.png", "generated_classes.png", "robustness_curves.png",
                 "nearest_neighbours.png", "diversity.png")
 
@@ -160,15 +187,13 @@ def evaluate_models(G, D, data_dir: Path, ec: EvaluateConfig, cache_dir: Path, o
     # The plain FCD compares class-uniform samples with the long-tailed train split, so it also charges the
     # class mixture: even perfect samples score fcd_uniform_floor. fcd_class_matched weights the samples to the
     # train split's class shares, leaving only how well each class is drawn.
-    reweighted_fd = QUALITY_METRICS["class_reweighted_frechet_distance"]
     train_labels = train.labels.numpy()
     train_shares = np.bincount(train_labels, minlength=n_classes) / len(train_labels)
-    f_fake64, f_train64 = f_fake.numpy().astype(np.float64), f_train.numpy().astype(np.float64)
-    result["fcd_class_matched"] = reweighted_fd(f_fake64, y_req.numpy(), train_shares, f_train64)["fd"]
-    result["fcd_uniform_floor"] = reweighted_fd(f_train64, train_labels, np.full(n_classes, 1 / n_classes),
-                                                f_train64)["fd"]
-    for key in ("fcd_class_matched", "fcd_uniform_floor"):
-        result[f"{key}_ratio"] = result[key] / max(result["fcd_real_vs_real"], 1e-9)
+    result.update(class_matched_fcd(f_fake, y_req, f_train, train_labels, n_classes, result["fcd_real_vs_real"]))
+    f_train64 = f_train.numpy().astype(np.float64)
+    result["fcd_uniform_floor"] = QUALITY_METRICS["class_reweighted_frechet_distance"](
+        f_train64, train_labels, np.full(n_classes, 1 / n_classes), f_train64)["fd"]
+    result["fcd_uniform_floor_ratio"] = result["fcd_uniform_floor"] / max(result["fcd_real_vs_real"], 1e-9)
     # A low FCD against the training split is also what a generator that copies it would score: compare the
     # samples' nearest-training-image distances with those of held-out real images, in pixels and features.
     memorisation = QUALITY_METRICS["nearest_neighbour_memorisation"]

@@ -86,6 +86,18 @@ class TuneConfig(Section):
     window: int = Field(50, ge=2, description="Steps in the trailing window of stability metrics.")
     scheduler: Literal["asha", "pbt", "none"] = Field(
         "asha", description="asha stops unstable trials early; pbt mutates (log)uniform and choice dimensions.")
+    # The ASHA defaults come from replaying ASHA on the tune study's grid (docs/tuning.md): a first rung after a
+    # twelfth of a trial and a quarter going on at each rung kept the full grid's pick at about a quarter of its
+    # trial-steps.
+    asha_grace: int | None = Field(
+        None, ge=1, description="ASHA: reports every trial makes before it can be stopped (its first rung); "
+                                "default a twelfth of a trial's reports, at least one.")
+    asha_reduction_factor: float = Field(
+        4.0, gt=1.0, description="ASHA: 1/reduction_factor of the trials reaching a rung go on to the next.")
+    control: bool = Field(
+        True, description="Train the untuned control beside the trials: the base config for as many steps as "
+                          "the candidate, so the report can say whether tuning paid (handoff best_trial; a "
+                          "retrain's control is the train stage's own model).")
     pbt_interval: int = Field(2, ge=1, description="PBT: reports between exploit/explore steps.")
     pbt_synch: bool = Field(False, description="PBT: every trial waits at each exploit/explore step, so which "
                             "trials are exploited does not depend on which one reports first (reproducible, slower).")

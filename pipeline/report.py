@@ -61,6 +61,17 @@ def _csv(root: Path, name: str) -> list[dict]:
     return list(csv.DictReader(path.read_text().splitlines())) if path else []
 
 
+def _control_line(control: dict) -> str:
+    """Whether tuning paid: the candidate against the untuned control (the default config, same steps)."""
+    if not control:
+        return "<p class='note'>No untuned control was trained (tune.control is off).</p>"
+    cand, ctrl = control["candidate"], control["control"]
+    verdict = "Tuning paid" if control["tuning_paid"] else "Tuning did not pay; the control went on to evaluation"
+    return (f"<p id='control'><b>{verdict}</b>: class-matched FCD {_number(cand['fcd_class_matched'], '.1f')} for the "
+            f"tuned candidate against {_number(ctrl['fcd_class_matched'], '.1f')} for the untuned control (the "
+            f"default config trained for the same steps: {_number(cand['steps'], ',')} and {_number(ctrl['steps'], ',')}).</p>")
+
+
 def build_html(sources: dict[str, Path], title: str) -> str:
     """The report from per-stage directories {stage name: dir holding that stage's files}."""
     manifest = _json(sources.get("prepare"), "manifest.json")
@@ -91,7 +102,8 @@ def build_html(sources: dict[str, Path], title: str) -> str:
         _img(sources.get("prepare"), "real_samples.png", "real samples per class"), "</div>",
         "<h2>Training</h2>", "<div class='imgs'>",
         _img(sources.get("train"), "training_curves.png", "training losses"), "</div>",
-        "<h2>Tuning</h2>", _table(_csv(sources.get("tune"), "results.csv")), "<div class='imgs'>",
+        "<h2>Tuning</h2>", _table(_csv(sources.get("tune"), "results.csv")),
+        _control_line(_json(sources.get("tune"), "control.json")) if sources.get("tune") else "", "<div class='imgs'>",
         *[_img(sources.get("tune"), n, n[:-4].replace("_", " ")) for n in
           ("score_vs_lr.png", "score_vs_batch.png", "score_traces.png")], "</div>",
         "<h2>Evaluation</h2>", _table(headline),

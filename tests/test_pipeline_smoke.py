@@ -1,4 +1,5 @@
 """The whole DAG on configs/smoke.yaml with real Ray Train, Ray Tune and MLflow (SQLite in a temp dir)."""
+import json
 from pathlib import Path
 
 import mlflow
@@ -42,12 +43,41 @@ def test_tune_trials_are_child_runs_of_the_tune_run(smoke_run):
                                 filter_string=f"tags.mlflow.parentRunId = '{tune_id}'")
     results = pd.read_csv(Path(s["stage_uris"]["tune"]) / "results.csv")  # local storage: URIs are paths
     names = [t.info.run_name for t in trials]
-    assert len(results) >= 4 and sorted(names) == sorted(f"trial-{i}" for i in results["trial"])  # one run each
+    trial_rows = results[results["trial"] != "control"]
+    assert len(trial_rows) >= 4 and sorted(names) == sorted(f"trial-{i}" for i in trial_rows["trial"])  # one run each
     for t in trials:  # live runs, ended by the campaign: ASHA may stop a trial early, which is not a failure
         assert "train.lr_g" in t.data.params and t.info.status == "FINISHED"
         assert t.data.tags["status"] in ("finished", "stopped_early")
         assert t.data.tags["stopped_early"] == str(t.data.tags["status"] == "stopped_early").lower()
         assert "stability_score" in t.data.metrics
+
+
+def test_the_campaign_reports_its_untuned_control_and_keeps_every_trials_checkpoint(smoke_run):
+    import torch
+
+    tune_dir = Path(smoke_run["summary"]["stage_uris"]["tune"])
+    verdict = json.loads((tune_dir / "control.json").read_text())
+    cand, ctrl = verdict["candidate"], verdict["control"]
+    # The control is the default config trained for as many steps as the candidate, from the same warm start.
+    assert cand["steps"] == ctrl["steps"] == smoke_run["cfg"].train.steps + smoke_run["cfg"].tune.steps
+    assert verdict["tuning_paid"] == (cand["fcd_class_matched"] < ctrl["fcd_class_matched"])
+    assert verdict["handed_on"] == ("candidate" if verdict["tuning_paid"] else "control")
+    # Whichever is better goes on to evaluate.
+    handed = torch.load(tune_dir / "candidate" / "checkpoint.pt", weights_only=True)
+    control = torch.load(tune_dir / "control" / "checkpoint.pt", weights_only=True)
+    same = all(torch.equal(handed["G_ema"][k], control["G_ema"][k]) for k in control["G_ema"])
+    assert same == (verdict["handed_on"] == "control")
+    # The comparison uses the evaluate stage's own headline: evaluate finds the same number for that model.
+    evaluation = json.loads((Path(smoke_run["summary"]["stage_uris"]["evaluate"]) / "evaluation.json").read_text())
+    assert evaluation["fcd_class_matched"] == pytest.approx(verdict[verdict["handed_on"]]["fcd_class_matched"], rel=1e-5)
+    results = pd.read_csv(tune_dir / "results.csv")
+    row = results[results["trial"] == "control"].iloc[0]
+    assert row["steps"] == ctrl["steps"] and np.isfinite(row["score"])
+    # Every trial, stopped by ASHA or not, keeps its last checkpoint, so its quality can be checked later.
+    for _, trial in results[results["trial"] != "control"].iterrows():
+        assert (Path(trial["checkpoint"]) / "checkpoint.pt").is_file(), trial["trial"]
+    page = open(smoke_run["summary"]["report"]).read()
+    assert "id='control'" in page and ("Tuning paid" in page) == verdict["tuning_paid"]
 
 
 def test_model_is_registered_as_challenger_and_loads(smoke_run):

@@ -135,8 +135,26 @@ def test_trial_scorer_adds_mode_coverage_and_is_inf_on_divergence(tmp_path):
     assert TrialScorer(spec, 1, 32, 10)(_State(None, trace, diverged=True))["stability_score"] == math.inf
 
 
-def _row(trial: int, score: float, error=None, checkpoint="ckpt") -> dict:
-    return {"trial": trial, "score": score, "error": error, "checkpoint": checkpoint, "config": {}}
+def _row(trial: int, score: float, error=None, checkpoint="ckpt", completed=True) -> dict:
+    return {"trial": trial, "score": score, "error": error, "checkpoint": checkpoint, "config": {},
+            "completed": completed}
+
+
+def test_a_trial_stopped_early_keeps_its_checkpoint_but_never_wins():
+    from pipeline.stages.tune import pick_best
+
+    # ASHA judged trial 0 at an early rung: its score there is not comparable with finished trials' scores.
+    rows = [_row(0, 0.1, completed=False), _row(1, 0.9), _row(2, 0.5)]
+    assert pick_best(rows)["trial"] == 2
+
+
+def test_asha_takes_its_grace_and_reduction_factor_from_the_config():
+    cfg = load_config(SMOKE, ["tune.steps=120", "tune.report_every=10", "tune.asha_grace=2",
+                              "tune.asha_reduction_factor=3"]).tune
+    asha = tune_stage.build_scheduler(cfg)
+    assert (asha._max_t, asha._reduction_factor) == (12, 3)
+    # The first rung at the grace (2 reports), then 2 * 3^k below 12: a third of the trials at each go on.
+    assert [milestone for milestone, _ in asha._brackets[0]._rungs] == [6, 2]
 
 
 def test_a_trial_that_errored_never_wins_even_with_the_best_score_and_a_checkpoint():

@@ -9,15 +9,18 @@ from components.config_base import Section
 class StabilityWeights(Section):
     """Weights of the composite stability score (lower is better); see components/metrics/stability.py."""
 
-    # Detrended loss stds are about a tenth of the KL and balance terms on digits: 4 gives them equal say.
-    oscillation: float = Field(4.0, ge=0.0, description="Weight of the windowed (detrended) std of D and G losses.")
+    # Chosen by bench/tune_study.py on 24 design trials and checked on 12 held-out ones (docs/tuning.md): the
+    # report-time FCD and the mode terms rank trials by quality; the stability terms stay to flag runs going
+    # wrong early, at a weight that no longer drowns the quality terms.
+    oscillation: float = Field(1.0, ge=0.0, description="Weight of the windowed (detrended) std of D and G losses.")
     balance: float = Field(1.0, ge=0.0, description="Weight of |r_t - target| (D overfitting signal).")
     grad_spikes: float = Field(1.0, ge=0.0, description="Weight of the gradient-spike rate.")
     r_target: float = Field(0.6, ge=-1.0, le=1.0, description="Target of r_t = E[sign D(real)].")
-    class_kl: float = Field(1.0, ge=0.0, description="Weight of KL(generated class histogram || target).")
-    coverage: float = Field(1.0, ge=0.0, description="Weight of the share of classes not covered.")
-    fcd: float = Field(0.0, ge=0.0, description="Weight of FCD/100 (optional quality term; 0 leaves it out).")
-    collapse: float = Field(1.0, ge=0.0, description="Weight of within-class collapse: the mean over classes of "
+    class_kl: float = Field(3.0, ge=0.0, description="Weight of KL(generated class histogram || target).")
+    coverage: float = Field(3.0, ge=0.0, description="Weight of the share of classes not covered.")
+    fcd: float = Field(0.5, ge=0.0, description="Weight of FCD/100 of the scored samples against the real validation "
+                                                "features (the cheap quality term; 0 leaves it out).")
+    collapse: float = Field(3.0, ge=0.0, description="Weight of within-class collapse: the mean over classes of "
                                                      "max(0, 1 - pixel diversity ratio) of the scored samples.")
 
 

@@ -96,11 +96,19 @@ def stability_score(trace: dict[str, list[float]], window: int, w_osc: float = 1
     modes: `mode_terms` output for the current generator; without it the coverage terms are left out."""
     parts = {**oscillation(trace, window), **balance(trace, window, r_target), **grad_spikes(trace, window),
              **divergence(trace, bound), **(modes or {})}
+    score = combine(parts, w_osc, w_bal, w_spk, w_kl, w_cov, w_fcd, w_collapse)
+    return {**parts, "stability_score": score}
+
+
+def combine(parts: dict[str, float], w_osc: float = 1.0, w_bal: float = 1.0, w_spk: float = 1.0,
+            w_kl: float = 1.0, w_cov: float = 1.0, w_fcd: float = 0.0, w_collapse: float = 0.0) -> float:
+    """The weighted sum of already computed components (inf if diverged); the mode terms count only when
+    the parts have them. bench/tune_analysis.py re-weights recorded reports with this same function."""
     if parts["diverged"]:
-        return {**parts, "stability_score": math.inf}
+        return math.inf
     score = (w_osc * (parts["d_loss_std"] + parts["g_loss_std"]) + w_bal * parts["r_t_gap"]
              + w_spk * parts["grad_spike_rate"])
-    if modes:
-        score += (w_kl * modes["class_kl"] + w_cov * modes["uncovered_share"] + w_fcd * modes.get("fcd", 0.0) / 100
-                  + w_collapse * modes.get("collapse", 0.0))
-    return {**parts, "stability_score": float(score) if math.isfinite(score) else math.inf}
+    if "class_kl" in parts:
+        score += (w_kl * parts["class_kl"] + w_cov * parts["uncovered_share"] + w_fcd * parts.get("fcd", 0.0) / 100
+                  + w_collapse * parts.get("collapse", 0.0))
+    return float(score) if math.isfinite(score) else math.inf

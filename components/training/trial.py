@@ -3,6 +3,7 @@ launched from it (several), whose rank 0 reports through Tune's TuneReportCallba
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,6 +11,7 @@ from pydantic import Field
 
 from components.config_base import Section
 from components.metrics.scoring_config import ScoringSpec
+from components.training.checkpoint import CHECKPOINT_FILE
 from components.training.ray_train import run_torch_trainer
 from components.training.worker import build_worker_state, run_worker
 from components.training.worker_config import WorkerConfig
@@ -91,6 +93,36 @@ def tune_trial(trial: dict, base: WorkerConfig, campaign: Campaign) -> None:
     torch.set_num_threads(1)
     state, cfg, loss = build_worker_state(config, rank=0, world=1, device=trial_device())
     run_worker(config, TuneTrialSession(campaign.checkpoint_every_report), state, cfg, loss)
+
+
+class ControlSession(TuneTrialSession):
+    """WorkerSession of the untuned control: keeps its last report and its final checkpoint's bytes, which
+    travel back to the tune stage as the task's result (so it needs no shared storage)."""
+
+    def __init__(self):
+        super().__init__(checkpoint_every_report=False)
+        self.metrics: dict[str, float] = {}
+        self.checkpoint: bytes | None = None
+
+    def restore(self, state, loss) -> bool:
+        return False  # a restarted control starts again from the campaign's warm start
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        self.metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        if checkpoint_dir:
+            self.checkpoint = (Path(checkpoint_dir) / CHECKPOINT_FILE).read_bytes()
+
+
+def control_trial(base: WorkerConfig, campaign: Campaign) -> tuple[bytes | None, dict[str, float]]:
+    """The campaign's untuned control: the base config, none of the searched values, trained and scored on
+    the campaign's own schedule (same warm start, same steps) in one process. Returns (checkpoint bytes,
+    last report)."""
+    config = trial_config(base, {}, campaign.model_copy(update={"trial_workers": 1}))
+    torch.set_num_threads(1)
+    state, cfg, loss = build_worker_state(config, rank=0, world=1, device=trial_device())
+    session = ControlSession()
+    run_worker(config, session, state, cfg, loss)
+    return session.checkpoint, session.metrics
 
 
 def trial_device() -> torch.device:

@@ -21,13 +21,14 @@ from components.metrics.classifier import cached_classifier, classifier_cache_pa
 from components.metrics.scoring_config import ScoringSpec
 from components.plots import line_chart, scatter_chart
 from components.storage import Location, join, ray_storage_args
-from components.training.checkpoint import CHECKPOINT_FILE
-from components.training.trial import Campaign, tune_trial
+from components.evaluation import headline_quality
+from components.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, models_from_checkpoint
+from components.training.trial import Campaign, control_trial, tune_trial
 from components.training.worker_config import WorkerConfig
 from pipeline.config import SearchDim
 from pipeline.ray_edge import lean_runs
 from pipeline.stages.context import StageContext, read_json
-from pipeline.stages.train import fit_and_collect, worker_config
+from pipeline.stages.train import failure_line, fit_and_collect, worker_config
 from pipeline.trial_tracking import TrialEvents, TrialTracker, describe, tracking
 
 
@@ -67,8 +68,9 @@ def build_scheduler(tc):
 
     max_t = reports_per_trial(tc)
     if tc.scheduler == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=max(1, max_t // 4),
-                             reduction_factor=2)
+        grace = min(max_t, tc.asha_grace or math.ceil(max_t / 12))
+        return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=grace,
+                             reduction_factor=tc.asha_reduction_factor)
     if tc.scheduler == "pbt":
         random.seed(tc.seed)  # PBT draws its exploit/explore choices from the `random` module
         return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=tc.pbt_interval,
@@ -143,7 +145,9 @@ def run_campaign(ctx: StageContext, base: WorkerConfig):
     campaign = Campaign(steps=tc.steps, report_every=tc.report_every, trial_workers=tc.trial_workers,
                         gpus_per_trial=tc.gpus_per_trial,
                         scoring=scoring_spec(ctx, ctx.input("prepare") / "data"),
-                        checkpoint_every_report=tc.scheduler == "pbt",
+                        # PBT clones reports' checkpoints; under ASHA a stopped trial keeps its last one, so
+                        # its quality can still be checked.
+                        checkpoint_every_report=tc.scheduler in ("pbt", "asha"),
                         warm_start_checkpoint=warm, warm_start_step=warm_step,
                         trial_storage=join(ctx.ray_storage(), f"{name}-trials"),  # multi-worker trials' runs
                         # A trial keeps its placement-group cleaner: a scheduler may stop it mid-campaign.
@@ -183,14 +187,33 @@ def run_campaign(ctx: StageContext, base: WorkerConfig):
                                       checkpoint_config=tune.CheckpointConfig(
                                           num_to_keep=None if tc.scheduler == "pbt" else 1)),
         )
-    with tracking(tracker):
-        results = tuner.fit()
-    # On Ctrl+C Tune saves its state and returns normally, with trials unfinished or never started.
-    if results.num_terminated + results.num_errors < max(len(results), expected_trials(tc)):
-        print(f"  tune: campaign interrupted; continue it with `python -m pipeline tune --resume` "
-              f"(state in {experiment.uri})", flush=True)
-        raise KeyboardInterrupt
-    return results
+    control = launch_control(tc, base, campaign)
+    try:
+        with tracking(tracker):
+            results = tuner.fit()
+        # On Ctrl+C Tune saves its state and returns normally, with trials unfinished or never started.
+        if results.num_terminated + results.num_errors < max(len(results), expected_trials(tc)):
+            print(f"  tune: campaign interrupted; continue it with `python -m pipeline tune --resume` "
+                  f"(state in {experiment.uri})", flush=True)
+            raise KeyboardInterrupt
+    except BaseException:
+        if control is not None:
+            import ray
+
+            ray.cancel(control, force=True)
+        raise
+    return results, control
+
+
+def launch_control(tc, base: WorkerConfig, campaign: Campaign):
+    """The untuned control as a Ray task beside the trials, on a trial's share of the machine (None when
+    tune.control is off, or when the handoff retrains: then the train stage's model is the control)."""
+    if not tc.control or tc.handoff != "best_trial":
+        return None
+    import ray
+
+    return ray.remote(num_cpus=1, num_gpus=min(1.0, tc.gpus_per_trial), max_retries=tc.max_failures)(
+        control_trial).remote(base, campaign)
 
 
 def expected_trials(tc) -> int:
@@ -199,7 +222,7 @@ def expected_trials(tc) -> int:
     return tc.num_samples * math.prod(grids)
 
 
-def _trial_rows(results, storage_fs) -> list[dict]:
+def _trial_rows(results, storage_fs, reports: int) -> list[dict]:
     from ray.tune import Checkpoint
 
     rows = []
@@ -211,6 +234,7 @@ def _trial_rows(results, storage_fs) -> list[dict]:
             checkpoint = Checkpoint(m["checkpoint_path"], filesystem=storage_fs)
         rows.append({"trial": i, "config": r.config, "score": score if score == score else math.inf,
                      "steps": m.get("step", 0), "diverged": m.get("diverged", 0.0), "metrics": m,
+                     "completed": m.get("training_iteration", 0) >= reports,
                      "history": r.metrics_dataframe, "checkpoint": checkpoint, "error": r.error})
     return rows
 
@@ -223,7 +247,8 @@ def pick_best(rows: list[dict]) -> dict:
         first = str(rows[0]["error"]).strip().splitlines()[-1][:300] if rows else "no trial ran"
         raise RunFailed(f"tune: all {len(rows)} trials failed, so there is no model to hand on (first error: "
                         f"{first}); fix the cause, then rerun with --force tune")
-    finished = [r for r in healthy if r["checkpoint"] is not None and math.isfinite(r["score"])]
+    finished = [r for r in healthy if r.get("completed", True) and r["checkpoint"] is not None
+                and math.isfinite(r["score"])]
     return min(finished or healthy, key=lambda r: (r["score"], r["trial"]))
 
 
@@ -244,27 +269,8 @@ def _plots(ctx: StageContext, rows: list[dict]) -> None:
                xs=steps, logy=True, markers=True).savefig(ctx.out_dir / "score_traces.png", dpi=100)
 
 
-def run(ctx: StageContext) -> dict:
-    data_uri = ctx.input_uri("prepare", "data")
-    rows = _trial_rows(run_campaign(ctx, worker_config(ctx, data_uri)), ray_storage_args(ctx.ray_storage())[1])
-    best = pick_best(rows)
-    failed = sum(r["error"] is not None for r in rows)
-    print(f"  tune: {len(rows)} trials ({failed} failed); best trial {best['trial']}: {describe(best['config'])}, "
-          f"score {best['score']:.4g}", flush=True)
-    import pandas as pd
-
-    pd.DataFrame([{"trial": r["trial"], "score": r["score"], "steps": r["steps"], "diverged": r["diverged"],
-                   "error": str(r["error"]).strip().splitlines()[-1][:200] if r["error"] is not None else "",
-                   **{f"{s}.{k}": v for s, vals in r["config"].items() for k, v in vals.items()}} for r in rows]) \
-        .to_csv(ctx.out_dir / "results.csv", index=False)
-    ctx.write_json("best_config.json", {"config": best["config"], "score": best["score"]})
-    _plots(ctx, rows)
-    mlflow.log_metrics({"best_stability_score": min(best["score"], 1e308), "trials": len(rows),
-                        "failed_trials": failed})
-    for name in ("results.csv", "best_config.json", "score_vs_lr.png", "score_vs_batch.png", "score_traces.png"):
-        mlflow.log_artifact(str(ctx.out_dir / name))
-
-    candidate = ctx.out_dir / "candidate"
+def hand_off(ctx: StageContext, best: dict, data_uri: str, candidate: Path) -> None:
+    """The candidate model: the best trial's checkpoint, or its config retrained on the full budget."""
     candidate.mkdir()
     if ctx.cfg.tune.handoff == "best_trial" and best["checkpoint"] is not None:
         with best["checkpoint"].as_directory() as d:
@@ -272,4 +278,92 @@ def run(ctx: StageContext) -> dict:
     else:  # retrain the best config on the full training budget with the distributed trainer
         config = worker_config(ctx, data_uri).with_overrides(best["config"])
         fit_and_collect(ctx, config, f"{ctx.cfg.name}-retrain-{ctx.fingerprint[:12]}", candidate)
+
+
+def control_result(ctx: StageContext, control) -> tuple[Path | None, dict]:
+    """The untuned control's checkpoint directory and last report: the control task's (written to control/),
+    or, when the handoff retrains on the full budget, the train stage's own model (the default config at the
+    same steps; it was not scored)."""
+    if ctx.cfg.tune.handoff == "retrain":
+        return (ctx.input("train") if ctx.cfg.tune.control else None), {}
+    if control is None:
+        return None, {}
+    import ray
+
+    try:
+        checkpoint, metrics = ray.get(control)
+    except Exception as err:  # the trials' result stands without it; say why there is no comparison
+        print(f"  tune: the untuned control failed ({failure_line(err)}), so whether tuning paid is not known",
+              flush=True)
+        return None, {}
+    (ctx.out_dir / "control").mkdir()
+    (ctx.out_dir / "control" / CHECKPOINT_FILE).write_bytes(checkpoint)
+    return ctx.out_dir / "control", metrics
+
+
+def compare_with_control(ctx: StageContext, candidate: Path, control: Path) -> dict:
+    """Both models on the evaluate stage's headline (class-matched FCD on the same fixed samples): whether
+    tuning paid. When the control is better, it is what goes on to evaluate, and the report says so."""
+    rows = {}
+    for name, where in (("candidate", candidate), ("control", control)):
+        ckpt = load_checkpoint(where)
+        G, _, _ = models_from_checkpoint(ckpt)
+        rows[name] = {"steps": int(ckpt["step"]), **headline_quality(G, ctx.input("prepare") / "data",
+                                                                     ctx.cfg.evaluate, ctx.work_dir / "cache")}
+    cand, ctrl = rows["candidate"]["fcd_class_matched"], rows["control"]["fcd_class_matched"]
+    paid = cand < ctrl
+    verdict = {**rows, "tuning_paid": paid, "fcd_ratio_candidate_to_control": cand / max(ctrl, 1e-9),
+               "handed_on": "candidate" if paid else "control"}
+    print(f"  tune: tuning {'paid' if paid else 'did not pay'}: class-matched FCD {cand:.1f} for the candidate "
+          f"against {ctrl:.1f} for the untuned control ({rows['candidate']['steps']:,} and "
+          f"{rows['control']['steps']:,} steps)" + ("" if paid else "; the control goes on to evaluate"), flush=True)
+    if not paid:
+        shutil.copy2(control / CHECKPOINT_FILE, candidate / CHECKPOINT_FILE)
+    return verdict
+
+
+def write_results(ctx: StageContext, rows: list[dict], control_metrics: dict, verdict: dict | None) -> None:
+    """results.csv: one line per trial (stopped ones with their last checkpoint), then the control's."""
+    import pandas as pd
+
+    lines = [{"trial": r["trial"], "score": r["score"], "steps": r["steps"], "diverged": r["diverged"],
+              "stopped_early": not r.get("completed", True),
+              "error": str(r["error"]).strip().splitlines()[-1][:200] if r["error"] is not None else "",
+              "checkpoint": r["checkpoint"].path if r["checkpoint"] is not None else "",
+              **{f"{s}.{k}": v for s, vals in r["config"].items() for k, v in vals.items()}} for r in rows]
+    if verdict is not None:
+        lines.append({"trial": "control", "score": control_metrics.get("stability_score", math.nan),
+                      "steps": verdict["control"]["steps"], "diverged": control_metrics.get("diverged", 0.0),
+                      "stopped_early": False, "error": "", "checkpoint": "control"})
+    pd.DataFrame(lines).to_csv(ctx.out_dir / "results.csv", index=False)
+
+
+def run(ctx: StageContext) -> dict:
+    data_uri = ctx.input_uri("prepare", "data")
+    results, control = run_campaign(ctx, worker_config(ctx, data_uri))
+    rows = _trial_rows(results, ray_storage_args(ctx.ray_storage())[1], reports_per_trial(ctx.cfg.tune))
+    best = pick_best(rows)
+    failed = sum(r["error"] is not None for r in rows)
+    print(f"  tune: {len(rows)} trials ({failed} failed); best trial {best['trial']}: {describe(best['config'])}, "
+          f"score {best['score']:.4g}", flush=True)
+    candidate = ctx.out_dir / "candidate"
+    hand_off(ctx, best, data_uri, candidate)
+    control_dir, control_metrics = control_result(ctx, control)
+    verdict = None if control_dir is None else compare_with_control(ctx, candidate, control_dir)
+    write_results(ctx, rows, control_metrics, verdict)
+    ctx.write_json("best_config.json", {"config": best["config"], "score": best["score"], "trial": best["trial"],
+                                        "handed_on": verdict["handed_on"] if verdict else "candidate"})
+    _plots(ctx, rows)
+    metrics = {"best_stability_score": min(best["score"], 1e308), "trials": len(rows), "failed_trials": failed}
+    names = ["results.csv", "best_config.json", "score_vs_lr.png", "score_vs_batch.png", "score_traces.png"]
+    if verdict is not None:
+        ctx.write_json("control.json", verdict)
+        names.append("control.json")
+        metrics |= {"candidate_fcd_class_matched": verdict["candidate"]["fcd_class_matched"],
+                    "control_fcd_class_matched": verdict["control"]["fcd_class_matched"],
+                    "tuning_paid": float(verdict["tuning_paid"])}
+        mlflow.set_tag("tuning_paid", str(verdict["tuning_paid"]).lower())
+    mlflow.log_metrics(metrics)
+    for name in names:
+        mlflow.log_artifact(str(ctx.out_dir / name))
     return {"candidate": candidate / CHECKPOINT_FILE}
