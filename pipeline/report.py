@@ -66,7 +66,9 @@ def _control_line(control: dict) -> str:
     if not control:
         return "<p class='note'>No untuned control was trained (tune.control is off).</p>"
     cand, ctrl = control["candidate"], control["control"]
-    verdict = "Tuning paid" if control["tuning_paid"] else "Tuning did not pay; the control went on to evaluation"
+    verdict = ("Tuning paid" if control["tuning_paid"] else
+               "Tuning did not pay; the control went on to evaluation" if control.get("handed_on") == "control" else
+               "Tuning neither paid nor cost (a tie)")
     return (f"<p id='control'><b>{verdict}</b>: class-matched FCD {_number(cand['fcd_class_matched'], '.1f')} for the "
             f"tuned candidate against {_number(ctrl['fcd_class_matched'], '.1f')} for the untuned control (the "
             f"default config trained for the same steps: {_number(cand['steps'], ',')} and {_number(ctrl['steps'], ',')}).</p>")

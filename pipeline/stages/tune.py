@@ -311,13 +311,14 @@ def compare_with_control(ctx: StageContext, candidate: Path, control: Path) -> d
         rows[name] = {"steps": int(ckpt["step"]), **headline_quality(G, ctx.input("prepare") / "data",
                                                                      ctx.cfg.evaluate, ctx.work_dir / "cache")}
     cand, ctrl = rows["candidate"]["fcd_class_matched"], rows["control"]["fcd_class_matched"]
-    paid = cand < ctrl
+    paid, lost = cand < ctrl, cand > ctrl  # neither: a tie, as when the best trial trained the base config itself
     verdict = {**rows, "tuning_paid": paid, "fcd_ratio_candidate_to_control": cand / max(ctrl, 1e-9),
-               "handed_on": "candidate" if paid else "control"}
-    print(f"  tune: tuning {'paid' if paid else 'did not pay'}: class-matched FCD {cand:.1f} for the candidate "
-          f"against {ctrl:.1f} for the untuned control ({rows['candidate']['steps']:,} and "
-          f"{rows['control']['steps']:,} steps)" + ("" if paid else "; the control goes on to evaluate"), flush=True)
-    if not paid:
+               "handed_on": "control" if lost else "candidate"}
+    outcome = "paid" if paid else "did not pay" if lost else "neither paid nor cost (a tie)"
+    print(f"  tune: tuning {outcome}: class-matched FCD {cand:.1f} for the candidate against {ctrl:.1f} for the "
+          f"untuned control ({rows['candidate']['steps']:,} and {rows['control']['steps']:,} steps)"
+          + ("; the control goes on to evaluate" if lost else ""), flush=True)
+    if lost:
         shutil.copy2(control / CHECKPOINT_FILE, candidate / CHECKPOINT_FILE)
     return verdict
 
