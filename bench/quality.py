@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from components.data.prepare import prepare_dataset  # noqa: E402
 from components.evaluation import evaluate_models  # noqa: E402
+from components.training.checkpoint import models_from_checkpoint, state_to_dict  # noqa: E402
 from components.training.loop import train_steps  # noqa: E402
 from components.training.worker import build_worker_state  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
@@ -71,7 +72,7 @@ KEYS = ("fcd", "fcd_real_vs_real", "fcd_ratio", "fcd_uniform_floor", "fcd_unifor
         "fcd_class_matched_ratio", "class_kl", "classes_covered", "recall_mean",
         "head_recall", "tail_recall", "head_fcd", "tail_fcd", "tail_head_fcd_ratio",
         "kid", "precision", "recall", "nn_distance_ratio_pixel", "copy_share_pixel", "nn_distance_ratio_feature",
-        "copy_share_feature", "diversity_mean", "tail_diversity", "diverged")
+        "copy_share_feature", "diversity_mean", "tail_diversity", "diverged", "epsilon", "delta", "noise_multiplier")
 SUMMARY_KEYS = ("fcd_class_matched", "fcd_class_matched_ratio", "fcd_ratio", "class_kl", "tail_head_fcd_ratio",
                 "head_fcd", "tail_fcd",
                 "copy_share_pixel", "copy_share_feature", "diversity_mean", "tail_diversity", "train_seconds")
@@ -97,8 +98,12 @@ def run_recipe(name: str, overrides: list[str], budgets: list[int], base_steps: 
         out.mkdir(parents=True, exist_ok=True)
         # The evaluate stage scores on the CPU; fp32 copies leave the training state untouched.
         G_eval, D_eval = (copy.deepcopy(m).float().cpu().eval() for m in (state.G_ema, state.D))
+        if state.dp is not None:  # a copy of D would carry Opacus's hooks: rebuild it from the weights
+            G_eval, D_eval, _ = models_from_checkpoint(state_to_dict(state, loop_config.resolved_config))
+        private = {} if state.dp is None else {"epsilon": state.dp.epsilon(), "delta": state.dp.delta,
+                                                "noise_multiplier": state.dp.sigma}
         result = evaluate_models(G_eval, D_eval, data_dir, cfg.evaluate, work / "cache", out,
-                                 {"diverged": float(state.diverged), "train_steps": state.step})
+                                 {"diverged": float(state.diverged), "train_steps": state.step, **private})
         if grids is not None:  # the evaluate stage's class grid (8 samples per class row), kept for the docs
             grids.mkdir(parents=True, exist_ok=True)
             shutil.copy(out / "samples.png", grids / f"{data}-{name}-seed{seed}-{budget}x.png")

@@ -79,10 +79,11 @@ class GANLoss:
     Stateful only through LeCam's logit anchors, which `state_dict` exposes for checkpoints. They become
     float64 device tensors once updated, so a step never waits for the device to read them."""
 
-    def __init__(self, cfg: LossConfig, class_weights: list[float] | None = None):
+    def __init__(self, cfg: LossConfig, class_weights: list[float] | None = None, private: bool = False):
         """class_weights: one per class, heavier for rarer classes; gSR weighs each class's penalty by them
-        (uniform when None)."""
-        self.cfg = cfg
+        (uniform when None). private: DP-SGD trains D, so G must not read private images: its loss is the
+        adversarial loss of samples from noise alone (no reconstruction path)."""
+        self.cfg, self.private = cfg, private
         self.class_weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         self.anchors: dict[str, float | torch.Tensor] = {"real": 0.0, "fake": 0.0}
 
@@ -181,6 +182,8 @@ class GANLoss:
         """lambda_rec * MSE + lambda_adv * adversarial (reconstructions and samples) + lambda_kl * KL
         (+ lambda_ac * class cross-entropy of the samples for an auxiliary-classifier D)."""
         cfg = self.cfg
+        if self.private:
+            return self._g_loss_from_noise(G, D, batch)
         rec, fake, mu, logvar = G(batch.x, batch.y, batch.z, batch.y_fake, batch.eps)
         logits, class_logits = _d_forward(D, self._d_view(torch.cat([rec, fake]), batch.noise_std, batch.aug_p),
                                           torch.cat([batch.y, batch.y_fake]))
@@ -191,8 +194,26 @@ class GANLoss:
         kl = _wmean(kl_to_standard_normal(mu.float(), logvar.float()), batch.w)
         loss = cfg.lambda_rec * rec_loss + cfg.lambda_adv * adv + cfg.lambda_kl * kl
         stats = {"g_adv": adv.detach(), "rec_loss": rec_loss.detach(), "kl": kl.detach()}
-        if class_logits is not None:
-            ac = F.cross_entropy(class_logits[len(rec):], batch.y_fake)
+        return self._class_terms(G, loss, stats, None if class_logits is None else class_logits[len(rec):], batch.y_fake)
+
+    def _g_loss_from_noise(self, G, D, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """G's loss under DP: samples from noise through D, nothing of the real batch (whose size and content
+        are private); the reconstruction and KL terms are zero by the config's checks."""
+        cfg = self.cfg
+        fake = _unwrap(G).generate(batch.z, batch.y_fake)
+        logits, class_logits = _d_forward(D, self._d_view(fake, batch.noise_std, batch.aug_p), batch.y_fake)
+        adv = g_adversarial(cfg.objective, logits).mean()
+        loss = cfg.lambda_adv * adv
+        zero = torch.zeros((), device=adv.device)
+        stats = {"g_adv": adv.detach(), "rec_loss": zero, "kl": zero}
+        return self._class_terms(G, loss, stats, class_logits, batch.y_fake)
+
+    def _class_terms(self, G, loss: torch.Tensor, stats: dict, class_logits_fake: torch.Tensor | None,
+                     y_fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """G's class terms: an auxiliary-classifier D's cross-entropy on the samples, and gSR."""
+        cfg = self.cfg
+        if class_logits_fake is not None:
+            ac = F.cross_entropy(class_logits_fake, y_fake)
             loss = loss + cfg.lambda_ac * ac
             stats["g_ac"] = ac.detach()
         if cfg.gsr_lambda > 0:

@@ -22,7 +22,8 @@ from components.promotion_config import GatesConfig
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 SUMMARY_KEYS = ("fcd", "fcd_real_vs_real", "fcd_ratio", "fcd_class_matched", "fcd_class_matched_ratio", "kid",
                 "class_kl", "recall_mean", "tail_recall", "head_recall", "tail_head_fcd_ratio", "d_fgsm_accuracy",
-                "copy_share_feature", "diversity_mean", "tail_diversity", "diversity_pixel_mean", "diverged")
+                "copy_share_feature", "diversity_mean", "tail_diversity", "diversity_pixel_mean", "diverged",
+                "epsilon", "delta")
 CONTEXT_TAGS = ("data_digest", "evaluator_settings")  # what an FCD value is relative to
 
 # (gate, threshold key in the gates config, evaluation key, passes(value, threshold))
@@ -37,6 +38,7 @@ THRESHOLD_GATES = (
     # A classifier's features cannot see a class collapse to one image; the autoencoder's diversity can.
     ("min_diversity_ratio", "min_diversity_ratio", "diversity_mean", operator.ge),
     ("min_tail_diversity_ratio", "min_tail_diversity_ratio", "tail_diversity", operator.ge),
+    ("max_epsilon", "max_epsilon", "epsilon", operator.le),
 )
 
 

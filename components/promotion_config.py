@@ -27,5 +27,8 @@ class GatesConfig(Section):
         "each class varies like its data, towards 0 when a class collapses to one image."))
     min_tail_diversity_ratio: float | None = Field(None, ge=0.0, description=(
         "Minimum within-class diversity of the rarest third of the classes."))
+    max_epsilon: float | None = Field(None, gt=0.0, description=(
+        "Maximum epsilon of DP-SGD training (privacy.enabled) at the run's delta; a version trained without DP "
+        "has no epsilon and fails this gate."))
     require_no_divergence: bool = Field(True, description="Training must not have diverged.")
     min_improvement: float = Field(0.0, ge=0.0, description="Must beat the champion's FCD by this margin.")

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
+from components.privacy.config import PrivacyConfig, dp_conflict
 from components.config_base import Section, build
 from components.data.config import DataConfig
 from components.errors import UserError
@@ -177,6 +178,7 @@ class PipelineConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
@@ -184,6 +186,8 @@ class PipelineConfig(Section):
     @model_validator(mode="after")
     def _compilable(self) -> "PipelineConfig":
         if problem := compile_conflict(self.train, self.loss):
+            raise ValueError(problem)
+        if problem := dp_conflict(self.privacy, self.model, self.loss, self.train, self.data.rebalance):
             raise ValueError(problem)
         return self
 

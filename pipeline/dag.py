@@ -25,8 +25,9 @@ def _always(cfg) -> bool:
 
 STAGES: tuple[Stage, ...] = (
     Stage("prepare", prepare.run, (), ("data",), needs_ray=prepare.needs_ray),
-    Stage("train", train.run, ("prepare",), ("data", "model", "loss", "train"), needs_ray=_always),
-    Stage("tune", tune.run, ("prepare", "train"), ("data", "model", "loss", "train", "tune"), needs_ray=_always),
+    Stage("train", train.run, ("prepare",), ("data", "model", "loss", "train", "privacy"), needs_ray=_always),
+    Stage("tune", tune.run, ("prepare", "train"), ("data", "model", "loss", "train", "privacy", "tune"),
+          needs_ray=_always),
     Stage("evaluate", evaluate.run, ("prepare", "tune"), ("evaluate",)),
     Stage("promote", promote.run, ("evaluate", "tune"), ("promote",)),
 )

@@ -88,7 +88,7 @@ def build_html(sources: dict[str, Path], title: str) -> str:
                  "fd_ae_class_matched_ratio", "precision_ae", "recall_ae", "coverage_ae", "diversity_mean",
                  "head_diversity", "tail_diversity", "diversity_pixel_mean",
                  "d_clean_accuracy", "d_fgsm_accuracy", "d_pgd_accuracy", "g_amplification",
-                 "g_label_flip_rate", "classifier_val_accuracy")
+                 "g_label_flip_rate", "classifier_val_accuracy", "epsilon", "delta", "noise_multiplier")
                 if k in evaluation]
     gates = promotion.get("gates", [])
     decision = ("promoted to champion" if promotion.get("promoted") else

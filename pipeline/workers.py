@@ -13,7 +13,7 @@ def build_worker_config(cfg: PipelineConfig, data_uri: Path | str, mlflow_target
     """The typed config that travels to Ray workers (and to in-process training in tests and benchmarks).
     data_uri: a local path or a storage URI (workers `localize` it)."""
     return WorkerConfig(
-        model=cfg.model, loss=cfg.loss, train=cfg.train.model_copy(update=train_overrides or {}),
+        model=cfg.model, loss=cfg.loss, train=cfg.train.model_copy(update=train_overrides or {}), privacy=cfg.privacy,
         data_uri=str(data_uri) if is_remote(data_uri) else str(Path(data_uri).resolve()),
         rebalance=cfg.data.rebalance, weight_scheme=cfg.data.weight_scheme, reader=cfg.data.reader,
         pipeline_config=cfg.model_dump(mode="json"), mlflow=mlflow_target,

@@ -83,10 +83,12 @@ def test_take_turns_runs_one_side_at_a_time_and_thaws_both_at_the_end():
         segments = ib.take_turns(sides, cycles=2, segment_s=1.0, log=lambda _: None)
         assert [(s["cycle"], s["side"]) for s in segments] == [(0, "a"), (0, "b"), (1, "b"), (1, "a")]
         for seg in segments:
-            assert 1.0 <= seg["end"] - seg["start"] < 1.5
-            # One busy process on two cores: about half the machine; the frozen one gets nothing.
-            assert seg["cpu_share"]["running_side"] > 0.3, seg
-            assert seg["cpu_share"]["frozen_side"] < 0.05, seg
+            # At least the segment; an upper bound only against a hang (a loaded machine oversleeps).
+            assert 1.0 <= seg["end"] - seg["start"] < 10.0
+            # The running side gets CPU (about half of two idle cores; less on a loaded machine) and the frozen
+            # one none: a stopped process cannot run, however busy the machine is.
+            assert seg["cpu_share"]["running_side"] > 0.02, seg
+            assert seg["cpu_share"]["frozen_side"] < 0.01, seg
         assert state_of(a.pid) != "T" and state_of(b.pid) != "T"  # neither is left stopped
     finally:
         for p in (a, b):

@@ -122,3 +122,20 @@ class BatchSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+
+
+class PoissonSampler(BatchSampler):
+    """DP-SGD's batches: each training image joins a batch on its own with probability batch_size / N, so a
+    batch's size varies around batch_size. The accountant's subsampled-Gaussian analysis assumes exactly this;
+    sampling with replacement, as BatchSampler does, would need another analysis. One rank only."""
+
+    def __init__(self, data: SplitTensors, n_classes: int, strategy: str, class_weights: list[float] | None,
+                 batch_size: int, seed: int, rank: int = 0, world: int = 1, shared: bool = True):
+        super().__init__(data, n_classes, strategy, class_weights, batch_size, seed, rank, world, shared)
+        self.rate = batch_size / len(data.labels)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = (torch.rand(len(self.data.labels), generator=self.generator) < self.rate).nonzero().squeeze(1)
+        if self.device.type == "cuda":
+            idx = idx.pin_memory().to(self.device, non_blocking=True)
+        return to_unit_range(self.data.images_u8[idx].float()), self.data.labels[idx], self.sample_weights[idx]

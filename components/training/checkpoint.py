@@ -51,6 +51,8 @@ def state_to_dict(state: GanState, resolved_config: dict, loss=None,
         "ada": {} if state.ada_p is None else {"p": float(state.ada_p), "sign_sum": float(state.ada_sign_sum),
                                                 "count": state.ada_count},
         "trace": {k: torch.tensor(v, dtype=torch.float64) for k, v in state.trace.items()},
+        # DP-SGD's accounting and noise stream: a resumed run's epsilon counts every step before it.
+        "privacy": state.dp.state_dict() if state.dp is not None else {},
         "config_json": json.dumps(resolved_config, sort_keys=True),
         "shape": {"channels": state.G_ema.channels, "resolution": state.G_ema.resolution,
                   "num_classes": state.G_ema.num_classes},
@@ -120,6 +122,12 @@ def restore_state(state: GanState, ckpt: dict, loss=None) -> None:
         state.ada_p, state.ada_sign_sum = as_tensor(ckpt["ada"]["p"]), as_tensor(ckpt["ada"]["sign_sum"])
         state.ada_count = int(ckpt["ada"]["count"])
     state.trace = {k: v.tolist() for k, v in ckpt["trace"].items()}
+    if state.dp is not None:
+        if not ckpt.get("privacy") and state.step > 0:
+            raise UserError(f"privacy.enabled: the checkpoint at step {state.step} was trained without DP-SGD, so no "
+                            "epsilon covers it; train from scratch with privacy on")
+        if ckpt.get("privacy"):
+            state.dp.load_state_dict(ckpt["privacy"])
 
 
 def models_from_checkpoint(ckpt: dict):

@@ -141,6 +141,18 @@ def _adapt_augmentation(state: GanState, loss: GANLoss, cfg: TrainConfig) -> Non
     state.ada_sign_sum, state.ada_count = torch.zeros_like(state.ada_sign_sum), 0
 
 
+def _private_step(state: GanState, d_loss: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """D's DP-SGD step. The loss averages its real rows (weighted by w) and its fake rows separately, so each
+    row's gradient is its hooked share times that denominator; the mechanism clips, sums and noises them."""
+    d_loss.backward()
+    n_fake = len(batch.z)
+    row_scale = torch.cat([torch.full_like(batch.w, float(batch.w.sum())), torch.full((n_fake,), float(n_fake),
+                                                                                      device=batch.w.device)])
+    norm = state.dp.privatise(state.D, row_scale)
+    state.opt_d.step()
+    return norm
+
+
 def one_step(state: GanState, loss: GANLoss, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     """`d_steps_per_g` D steps, then one G step on the last batch; returns this rank's statistics as 0-d
     device tensors (reading them here would make the host wait for the device every step)."""
@@ -157,13 +169,16 @@ def one_step(state: GanState, loss: GANLoss, cfg: TrainConfig) -> dict[str, torc
         state.opt_d.zero_grad(set_to_none=True)
         with _autocast(state, cfg):
             d_loss, d_stats = loss.d_loss(state.G, state.D, batch)
-        gn_d = _backward_and_step(d_loss, state.opt_d, state.D, cfg, state.scaler)
+        if state.dp is not None:
+            gn_d = _private_step(state, d_loss, batch)
+        else:
+            gn_d = _backward_and_step(d_loss, state.opt_d, state.D, cfg, state.scaler)
         if adaptive:
             state.ada_sign_sum = state.ada_sign_sum + d_stats["d_sign_real"].double()
             state.ada_count += 1
 
     state.opt_g.zero_grad(set_to_none=True)
-    with _frozen_and_unsynced(state.D):
+    with _frozen_and_unsynced(state.D), (state.dp.hooks_paused() if state.dp else contextlib.nullcontext()):
         with _autocast(state, cfg):
             g_loss, g_stats = loss.g_loss(state.G, state.D, batch)
         gn_g = _backward_and_step(g_loss, state.opt_g, state.G, cfg, state.scaler)
@@ -215,6 +230,8 @@ def train_steps(state: GanState, loss: GANLoss, cfg: TrainConfig, until_step: in
             means = _mean_across_ranks({k: sum(v) / len(v) for k, v in window.items()})
             means.update(lr_g=state.opt_g.param_groups[0]["lr"], lr_d=state.opt_d.param_groups[0]["lr"],
                          images_per_s=images / max(elapsed, 1e-9), step=state.step, diverged=float(state.diverged))
+            if state.dp is not None:  # epsilon so far, at the run's delta (one rank: no all-reduce needed)
+                means.update(epsilon=state.dp.epsilon(), delta=state.dp.delta)
             if on_report is not None:
                 on_report(state, means)
             window, t0, images = {}, time.perf_counter(), 0

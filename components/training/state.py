@@ -8,8 +8,10 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from components.data.reader import BatchSampler, SplitTensors
+from components.data.reader import BatchSampler, PoissonSampler, SplitTensors
 from components.models import ModelConfig, build_models
+from components.privacy.config import PrivacyConfig
+from components.privacy.dp_sgd import DPSGD
 from components.training.config import TrainConfig
 
 
@@ -38,12 +40,14 @@ class GanState:
     ada_p: torch.Tensor | None = None
     ada_sign_sum: torch.Tensor | None = None
     ada_count: int = 0
+    dp: DPSGD | None = None  # DP-SGD on D (privacy.enabled): per-sample hooks, noise and the accountant
 
 
 def make_state(model_cfg: ModelConfig, cfg: TrainConfig, data: SplitTensors, num_classes: int,
                rebalance: str, class_weights: list[float] | None, rank: int = 0, world: int = 1,
                wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
-               device: torch.device = torch.device("cpu"), shared_data: bool = True) -> GanState:
+               device: torch.device = torch.device("cpu"), shared_data: bool = True,
+               privacy: PrivacyConfig | None = None) -> GanState:
     """Seed rank `rank`, build G, D, EMA-G and optimisers; `wrap` adds DDP at the Ray edge.
 
     shared_data: every rank holds the whole split (global batches sliced per rank) rather than a shard."""
@@ -61,16 +65,18 @@ def make_state(model_cfg: ModelConfig, cfg: TrainConfig, data: SplitTensors, num
     opt_g = torch.optim.AdamW(G.parameters(), lr=cfg.lr_g, betas=cfg.betas_g, weight_decay=cfg.weight_decay)
     opt_d = torch.optim.AdamW(D.parameters(), lr=cfg.lr_d, betas=cfg.betas_d, weight_decay=cfg.weight_decay)
     per_rank = cfg.batch_size // world
-    sampler = BatchSampler(data, num_classes, rebalance, class_weights, per_rank, cfg.seed, rank, world,
-                           shared=shared_data)
+    private = privacy is not None and privacy.enabled
+    sampler = (PoissonSampler if private else BatchSampler)(data, num_classes, rebalance, class_weights, per_rank,
+                                                            cfg.seed, rank, world, shared=shared_data)
     if not cfg.syncs_every_step(device.type):
         sampler.to(device)
     counts = torch.bincount(data.labels, minlength=num_classes).float()
     label_probs = torch.full((num_classes,), 1.0 / num_classes) if cfg.target_labels == "uniform" else counts / counts.sum()
     noise = torch.Generator().manual_seed(cfg.seed + 7919)  # shared: global noise batches, sliced per rank
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    dp = DPSGD(D, privacy, len(data.labels), cfg.batch_size, cfg.steps * cfg.d_steps_per_g, cfg.seed) if private else None
     return GanState(G, D, G_ema, opt_g, opt_d, sampler, noise, num_classes, label_probs, device, rank, world,
-                    scaler=scaler)
+                    scaler=scaler, dp=dp)
 
 
 def compile_networks(G: nn.Module, D: nn.Module, mode: str) -> None:

@@ -53,9 +53,10 @@ def build_worker_state(config: WorkerConfig, rank: int, world: int, wrap=lambda 
     data = data if data is not None else load_split(data_dir, "train")
     weights = manifest["train_statistics"]["weights"][config.weight_scheme]
     state = make_state(config.model, config.train, data, manifest["num_classes"], config.rebalance, weights, rank,
-                       world, wrap=wrap, device=device, shared_data=config.reader != "ray_data")
+                       world, wrap=wrap, device=device, shared_data=config.reader != "ray_data",
+                       privacy=config.privacy)
     tail_weights = manifest["train_statistics"]["weights"]["effective"]  # gSR's class weights, as the paper's
-    return state, config.train, GANLoss(config.loss, tail_weights)
+    return state, config.train, GANLoss(config.loss, tail_weights, private=config.privacy.enabled)
 
 
 def run_worker(config: WorkerConfig, session: WorkerSession, state, cfg, loss) -> None:

@@ -13,9 +13,10 @@ from components.config_base import Section
 from components.loss_config import LossConfig
 from components.metrics.scoring_config import ScoringSpec
 from components.models.config import ModelConfig
+from components.privacy.config import PrivacyConfig, dp_conflict
 from components.training.config import TrainConfig, compile_conflict
 
-TRAINING_SECTIONS = ("model", "loss", "train")
+TRAINING_SECTIONS = ("model", "loss", "train", "privacy")
 
 
 class MlflowTarget(Section):
@@ -33,6 +34,7 @@ class WorkerConfig(Section):
     model: ModelConfig = Field(description="Networks.")
     loss: LossConfig = Field(description="Objective and regularisers.")
     train: TrainConfig = Field(description="Schedule, optimisers and distribution.")
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="DP-SGD on D.")
     data_uri: str = Field(description="Prepared data (local path or storage URI; workers localize it).")
     rebalance: Literal["none", "resample", "reweight", "sqrt"] = Field(description="data.rebalance.")
     weight_scheme: Literal["inverse", "sqrt", "effective"] = Field(description="data.weight_scheme.")
@@ -49,6 +51,8 @@ class WorkerConfig(Section):
     @model_validator(mode="after")
     def _compilable(self) -> "WorkerConfig":
         if problem := compile_conflict(self.train, self.loss):
+            raise ValueError(problem)
+        if problem := dp_conflict(self.privacy, self.model, self.loss, self.train, self.rebalance):
             raise ValueError(problem)
         return self
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import mlflow
 
 from components.evaluation import OUTPUT_FILES, evaluate_models
+from components.privacy.accountant import privacy_summary
 from components.registry import log_checkpoint_generator
 from components.training.checkpoint import load_checkpoint, models_from_checkpoint
 from pipeline.stages.context import StageContext
@@ -20,7 +21,8 @@ def run(ctx: StageContext) -> dict:
     ckpt = load_checkpoint(ctx.input("tune") / "candidate")
     G, D, _ = models_from_checkpoint(ckpt)
     result = evaluate_models(G, D, ctx.input("prepare") / "data", ctx.cfg.evaluate, ctx.work_dir / "cache",
-                             ctx.out_dir, {"diverged": float(ckpt["diverged"]), "train_steps": int(ckpt["step"])})
+                             ctx.out_dir, {"diverged": float(ckpt["diverged"]), "train_steps": int(ckpt["step"]),
+                                           **privacy_summary(ckpt)})
     model = log_checkpoint_generator(ckpt, "candidate")
     mlflow.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float))}, model_id=model.model_id)
     for name in OUTPUT_FILES:

@@ -197,12 +197,17 @@ def run_campaign(ctx: StageContext, base: WorkerConfig):
                   f"(state in {experiment.uri})", flush=True)
             raise KeyboardInterrupt
     except BaseException:
-        if control is not None:
-            import ray
-
-            ray.cancel(control, force=True)
+        cancel(control)
         raise
     return results, control
+
+
+def cancel(control) -> None:
+    """Stop the control task (a campaign that ends without a winner has nothing to compare it with)."""
+    if control is not None:
+        import ray
+
+        ray.cancel(control, force=True)
 
 
 def launch_control(tc, base: WorkerConfig, campaign: Campaign):
@@ -343,7 +348,11 @@ def run(ctx: StageContext) -> dict:
     data_uri = ctx.input_uri("prepare", "data")
     results, control = run_campaign(ctx, worker_config(ctx, data_uri))
     rows = _trial_rows(results, ray_storage_args(ctx.ray_storage())[1], reports_per_trial(ctx.cfg.tune))
-    best = pick_best(rows)
+    try:
+        best = pick_best(rows)
+    except RunFailed:
+        cancel(control)
+        raise
     failed = sum(r["error"] is not None for r in rows)
     print(f"  tune: {len(rows)} trials ({failed} failed); best trial {best['trial']}: {describe(best['config'])}, "
           f"score {best['score']:.4g}", flush=True)
