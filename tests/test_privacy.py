@@ -207,3 +207,11 @@ def test_a_private_smoke_dag_logs_epsilon_and_gates_on_it(ray_cluster, tmp_path)
     gate = next(g for g in promotion["gates"] if g["gate"] == "max_epsilon")
     assert gate["value"] == pytest.approx(evaluation["epsilon"]) and gate["passed"] == (evaluation["epsilon"] <= 10)
     assert "epsilon" in open(summary["report"]).read()
+
+
+def test_a_private_runs_progress_line_shows_the_epsilon_spent():
+    from components.training.ray_train import progress_line
+
+    m = {"d_loss": 1.0, "g_loss": 1.0, "rec_loss": 0.0, "d_real": 0.5, "d_fake": 0.5, "images_per_s": 100.0}
+    assert "epsilon" not in progress_line("train", 10, 100, 64, m)
+    assert "epsilon 3.20" in progress_line("train", 10, 100, 64, {**m, "epsilon": 3.2})

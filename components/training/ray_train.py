@@ -143,8 +143,9 @@ def param_digest(state) -> str:
 def progress_line(what: str, step: int, total: int, batch: int, m: dict[str, float]) -> str:
     """One human-readable progress line with an ETA from the current throughput."""
     eta_s = (total - step) * batch / max(m["images_per_s"], 1e-9)
+    privacy = f"  epsilon {m['epsilon']:.2f}" if "epsilon" in m else ""  # DP-SGD: the budget spent so far
     return (f"  {what} step {step}/{total}  d_loss {m['d_loss']:.3f}  g_loss {m['g_loss']:.3f}  "
-            f"rec {m['rec_loss']:.3f}  D(x) {m['d_real']:.2f}  D(G(z)) {m['d_fake']:.2f}  "
+            f"rec {m['rec_loss']:.3f}  D(x) {m['d_real']:.2f}  D(G(z)) {m['d_fake']:.2f}{privacy}  "
             f"{m['images_per_s']:.0f} img/s  ETA {eta_s:.0f}s")
 
 
