@@ -1,5 +1,5 @@
 """Injected faults the pipeline survives: a training worker SIGKILLed mid-run, one killed more often than
-train.max_failures allows, the driver SIGKILLed mid-training, and the tracking server stopped for 30 s
+train.max_failures allows, the driver SIGKILLed mid-training, and the tracking server stopped for 12 s
 mid-training and for good at publish time. Each checks the exit status, that no MLflow run is left RUNNING,
 that no marker stands without its outputs, and that the metric history has one row per step."""
 from __future__ import annotations
@@ -102,7 +102,7 @@ def server(tmp_path_factory):
     server.stop()
 
 
-def test_killed_workers_a_killed_driver_and_a_30s_tracking_outage_lose_no_step_and_no_metric_row(tmp_path, server):
+def test_killed_workers_a_killed_driver_and_a_12s_tracking_outage_lose_no_step_and_no_metric_row(tmp_path, server):
     # max_failures=1: the first kill restarts the worker group from its checkpoint, the second fails the run.
     code, out = _run(tmp_path, server, "--until", "train", kill_at=(60, 110))
     assert code == 1, out[-3000:]
@@ -122,7 +122,7 @@ def test_killed_workers_a_killed_driver_and_a_30s_tracking_outage_lose_no_step_a
     assert code == -signal.SIGKILL and resumed and resumed[0] >= 80, out[-3000:]
 
     # The same training uninterrupted, for comparison at the end: in its own work dir and store, alongside
-    # the next run, whose 30-s outage would otherwise leave the machine idle.
+    # the next run, whose 12-s outage would otherwise leave the machine idle.
     baseline = tmp_path / "uninterrupted"
     baseline.mkdir()
     sets = [*smoke_overrides(baseline), *TRAINING, "train.checkpoint_every=300"]  # one checkpoint, at the end
@@ -133,8 +133,8 @@ def test_killed_workers_a_killed_driver_and_a_30s_tracking_outage_lose_no_step_a
             env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"})
 
     # And once more: prepare is reused and training resumes again. From its first step the tracking server
-    # is stopped for 30 s: training goes on, buffers its metrics, and writes each row once when it is back.
-    code, out = _run(tmp_path, server, "--until", "train", stop_server_at=r"train step \d+/", outage_s=30)
+    # is stopped for 12 s: training goes on, buffers its metrics, and writes each row once when it is back.
+    code, out = _run(tmp_path, server, "--until", "train", stop_server_at=r"train step \d+/", outage_s=12)
     assert code == 0, out[-3000:]
     assert "prepare: cached" in out and "marked 2 run(s) KILLED" in out, out[-3000:]
     again = [int(n) for n in re.findall(r"resuming from the checkpoint at step (\d+)", out)]
