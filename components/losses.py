@@ -154,6 +154,14 @@ class GANLoss:
         })
         return loss, stats
 
+    def d_row_denominators(self, batch: Batch) -> torch.Tensor:
+        """What each row of d_loss's cat(real, fake) batch is divided by in the loss: the real rows' weight sum
+        (their weighted mean) and the number of fake rows. A row's share of the gradient times this is the row's
+        own gradient, which DP-SGD clips."""
+        n_fake = len(batch.z)
+        return torch.cat([torch.full_like(batch.w, float(batch.w.sum())),
+                          torch.full((n_fake,), float(n_fake), device=batch.w.device)])
+
     def _adversarial_inputs(self, D, real, y_real, fake, y_fake):
         """Replace a fraction of real and fake inputs by PGD perturbations that push real towards 'fake' and
         fake towards 'real'. The attack runs on the bare D in eval mode: no DDP forward before the training

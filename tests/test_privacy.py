@@ -66,7 +66,8 @@ def test_without_clipping_or_noise_the_private_gradient_is_the_ordinary_one(priv
     d_loss, _ = loss.d_loss(state.G, state.D, batch)
     d_loss.backward()
     plain = [p.grad.clone() for p in state.D.parameters()]  # autograd's gradient of the loss itself
-    scale = torch.cat([torch.full((b,), float(batch.w.sum())), torch.full((b,), float(b))])
+    scale = loss.d_row_denominators(batch)
+    assert torch.equal(scale, torch.full((2 * b,), float(b)))  # unit weights: b real rows, b fake ones
     state.dp.privatise(state.D, scale)
     for p, g in zip(state.D.parameters(), plain):
         assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-6)

@@ -141,14 +141,10 @@ def _adapt_augmentation(state: GanState, loss: GANLoss, cfg: TrainConfig) -> Non
     state.ada_sign_sum, state.ada_count = torch.zeros_like(state.ada_sign_sum), 0
 
 
-def _private_step(state: GanState, d_loss: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """D's DP-SGD step. The loss averages its real rows (weighted by w) and its fake rows separately, so each
-    row's gradient is its hooked share times that denominator; the mechanism clips, sums and noises them."""
+def _private_step(state: GanState, loss: GANLoss, d_loss: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """D's DP-SGD step: backward, then the mechanism clips, sums and noises each row's own gradient."""
     d_loss.backward()
-    n_fake = len(batch.z)
-    row_scale = torch.cat([torch.full_like(batch.w, float(batch.w.sum())), torch.full((n_fake,), float(n_fake),
-                                                                                      device=batch.w.device)])
-    norm = state.dp.privatise(state.D, row_scale)
+    norm = state.dp.privatise(state.D, loss.d_row_denominators(batch))
     state.opt_d.step()
     return norm
 
@@ -170,7 +166,7 @@ def one_step(state: GanState, loss: GANLoss, cfg: TrainConfig) -> dict[str, torc
         with _autocast(state, cfg):
             d_loss, d_stats = loss.d_loss(state.G, state.D, batch)
         if state.dp is not None:
-            gn_d = _private_step(state, d_loss, batch)
+            gn_d = _private_step(state, loss, d_loss, batch)
         else:
             gn_d = _backward_and_step(d_loss, state.opt_d, state.D, cfg, state.scaler)
         if adaptive:
