@@ -124,16 +124,14 @@ def asha_replay(trials: list[dict], w: StabilityWeights, grace: int, rf: float, 
         def __init__(self, i):
             self.trial_id = str(i)
 
-    clock, running, queue = [0.0] * slots, [None] * slots, list(order)
+    clock, queue = [0.0] * slots, list(order)
     used_reports, finished = {}, {}
     events = []  # (time, slot, trial, report index)
 
     def start(slot: int) -> None:
         if not queue:
-            running[slot] = None
             return
         i = queue.pop(0)
-        running[slot] = i
         per_report = trials[i]["train_seconds"] / max(1, len(trials[i]["reports"]))
         events.append((clock[slot] + per_report, slot, i, 0, per_report))
 
@@ -147,11 +145,8 @@ def asha_replay(trials: list[dict], w: StabilityWeights, grace: int, rf: float, 
         used_reports[i] = k + 1
         it = k + 1
         last = k + 1 == len(trials[i]["reports"])
-        stop = last or not math.isfinite(score)
-        if not stop:
-            stop = bracket.on_result(_Trial(i), it, -score) == "STOP"
-        else:
-            bracket.on_result(_Trial(i), it, -score)
+        decision = bracket.on_result(_Trial(i), it, -score)  # every report is recorded at its rung
+        stop = last or not math.isfinite(score) or decision == "STOP"
         if last and it == max_t and math.isfinite(score):
             finished[i] = score
         if stop:

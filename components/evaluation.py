@@ -116,20 +116,25 @@ def class_matched_fcd(f_fake: torch.Tensor, y_req: torch.Tensor, f_train: torch.
 
 
 @torch.no_grad()
-def headline_quality(G, data_dir: Path, ec: EvaluateConfig, cache_dir: Path) -> dict[str, float]:
-    """Class-matched FCD (and its ratio) and class KL of generator G, exactly as evaluate_models computes
-    them, without the rest: cheap enough to compare a tuned model with its untuned control."""
+def headline_quality(generators: dict[str, torch.nn.Module], data_dir: Path, ec: EvaluateConfig,
+                     cache_dir: Path) -> dict[str, dict[str, float]]:
+    """Class-matched FCD (and its ratio) and class KL of each named generator, exactly as evaluate_models
+    computes them, without the rest: cheap enough to compare a tuned model with its untuned control. The real
+    features are computed once for all of them."""
     manifest = read_manifest(data_dir)
     n_classes = manifest["num_classes"]
     train = load_split(data_dir, "train")
     clf = cached_classifier(cache_dir, manifest["digest"], train, n_classes, ec.classifier_steps, ec.seed)
-    fake, y_req = generate_per_class(G, n_classes, ec.samples_per_class, ec.seed)
     f_train, _ = predict(clf, train.images_float())
     f_held, _ = predict(clf, load_heldout(data_dir, manifest).images_float())
-    f_fake, p_fake = predict(clf, fake)
     real_vs_real = QUALITY_METRICS["frechet_distance"](f_held.numpy(), f_train.numpy())["fd"]
-    return {**class_matched_fcd(f_fake, y_req, f_train, train.labels.numpy(), n_classes, real_vs_real),
-            "class_kl": QUALITY_METRICS["class_histogram"](p_fake.numpy(), n_classes)["class_kl"]}
+    out = {}
+    for name, G in generators.items():
+        fake, y_req = generate_per_class(G, n_classes, ec.samples_per_class, ec.seed)
+        f_fake, p_fake = predict(clf, fake)
+        out[name] = {**class_matched_fcd(f_fake, y_req, f_train, train.labels.numpy(), n_classes, real_vs_real),
+                     "class_kl": QUALITY_METRICS["class_histogram"](p_fake.numpy(), n_classes)["class_kl"]}
+    return out
 
 
 OUTPUT_FILES = ("evaluation.json", "per_class.csv", "samples.png", "generated_classes.png", "robustness_curves.png",

@@ -129,10 +129,9 @@ class PoissonSampler(BatchSampler):
     batch's size varies around batch_size. The accountant's subsampled-Gaussian analysis assumes exactly this;
     sampling with replacement, as BatchSampler does, would need another analysis. One rank only."""
 
-    def __init__(self, data: SplitTensors, n_classes: int, strategy: str, class_weights: list[float] | None,
-                 batch_size: int, seed: int, rank: int = 0, world: int = 1, shared: bool = True):
-        super().__init__(data, n_classes, strategy, class_weights, batch_size, seed, rank, world, shared)
-        self.rate = batch_size / len(data.labels)
+    @property
+    def rate(self) -> float:
+        return self.batch_size / len(self.data.labels)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx = (torch.rand(len(self.data.labels), generator=self.generator) < self.rate).nonzero().squeeze(1)

@@ -13,6 +13,7 @@ import warnings
 
 import torch
 
+from components.data.reader import PoissonSampler
 from components.errors import UserError
 from components.privacy.accountant import PrivacyAccountant, default_delta, noise_for_target
 from components.privacy.config import PrivacyConfig
@@ -29,8 +30,8 @@ def clip_and_sum(per_row: list[torch.Tensor], bound: float) -> tuple[list[torch.
 class DPSGD:
     """The privacy mechanism of one training run: D's per-sample hooks, the noise, and the accountant."""
 
-    def __init__(self, D: torch.nn.Module, cfg: PrivacyConfig, n_train: int, batch_size: int, planned_steps: int,
-                 seed: int):
+    def __init__(self, D: torch.nn.Module, cfg: PrivacyConfig, sampler: PoissonSampler, planned_steps: int, seed: int):
+        """sampler: the private batches; its rate is the one the accountant counts."""
         from opacus import GradSampleModule
         from opacus.validators import ModuleValidator
 
@@ -41,9 +42,9 @@ class DPSGD:
             raise UserError(f"privacy.enabled: D has a layer Opacus cannot give per-sample gradients ({problems[0]}); "
                             "set model.d_norm=none")
         self.hooks = GradSampleModule(D, batch_first=True, loss_reduction="sum")  # hooks on D's own layers
-        self.sample_rate = batch_size / n_train
-        self.expected_batch = batch_size
-        self.delta = cfg.delta or default_delta(n_train)
+        self.sample_rate = sampler.rate
+        self.expected_batch = sampler.batch_size
+        self.delta = cfg.delta or default_delta(len(sampler.data.labels))
         self.bound = cfg.max_grad_norm
         self.sigma = cfg.noise_multiplier or noise_for_target(cfg.target_epsilon, self.delta, self.sample_rate,
                                                               planned_steps)

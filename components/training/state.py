@@ -74,7 +74,7 @@ def make_state(model_cfg: ModelConfig, cfg: TrainConfig, data: SplitTensors, num
     label_probs = torch.full((num_classes,), 1.0 / num_classes) if cfg.target_labels == "uniform" else counts / counts.sum()
     noise = torch.Generator().manual_seed(cfg.seed + 7919)  # shared: global noise batches, sliced per rank
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
-    dp = DPSGD(D, privacy, len(data.labels), cfg.batch_size, cfg.steps * cfg.d_steps_per_g, cfg.seed) if private else None
+    dp = DPSGD(D, privacy, sampler, cfg.steps * cfg.d_steps_per_g, cfg.seed) if private else None
     return GanState(G, D, G_ema, opt_g, opt_d, sampler, noise, num_classes, label_probs, device, rank, world,
                     scaler=scaler, dp=dp)
 

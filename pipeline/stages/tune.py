@@ -17,11 +17,11 @@ import numpy as np
 from components.data.reader import load_split
 from components.data.shards import read_manifest
 from components.errors import RunFailed, UserError
+from components.evaluation import headline_quality
 from components.metrics.classifier import cached_classifier, classifier_cache_path, predict
 from components.metrics.scoring_config import ScoringSpec
 from components.plots import line_chart, scatter_chart
 from components.storage import Location, join, ray_storage_args
-from components.evaluation import headline_quality
 from components.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, models_from_checkpoint
 from components.training.trial import Campaign, control_trial, tune_trial
 from components.training.worker_config import WorkerConfig
@@ -309,12 +309,10 @@ def control_result(ctx: StageContext, control) -> tuple[Path | None, dict]:
 def compare_with_control(ctx: StageContext, candidate: Path, control: Path) -> dict:
     """Both models on the evaluate stage's headline (class-matched FCD on the same fixed samples): whether
     tuning paid. When the control is better, it is what goes on to evaluate, and the report says so."""
-    rows = {}
-    for name, where in (("candidate", candidate), ("control", control)):
-        ckpt = load_checkpoint(where)
-        G, _, _ = models_from_checkpoint(ckpt)
-        rows[name] = {"steps": int(ckpt["step"]), **headline_quality(G, ctx.input("prepare") / "data",
-                                                                     ctx.cfg.evaluate, ctx.work_dir / "cache")}
+    ckpts = {name: load_checkpoint(where) for name, where in (("candidate", candidate), ("control", control))}
+    quality = headline_quality({name: models_from_checkpoint(c)[0] for name, c in ckpts.items()},
+                               ctx.input("prepare") / "data", ctx.cfg.evaluate, ctx.work_dir / "cache")
+    rows = {name: {"steps": int(c["step"]), **quality[name]} for name, c in ckpts.items()}
     cand, ctrl = rows["candidate"]["fcd_class_matched"], rows["control"]["fcd_class_matched"]
     paid, lost = cand < ctrl, cand > ctrl  # neither: a tie, as when the best trial trained the base config itself
     verdict = {**rows, "tuning_paid": paid, "fcd_ratio_candidate_to_control": cand / max(ctrl, 1e-9),
